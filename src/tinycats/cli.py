@@ -1,0 +1,187 @@
+"""The ``tinycats`` command: LightningCLI (fit/validate/test/predict) with run directories,
+resume policies and volume commits, plus ``tinycats sample``."""
+
+import datetime as dt
+import importlib
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from tinycats.checkpoint import CheckpointPolicy, build_checkpoints, no_commit
+from tinycats.data import PetsDataModule
+from tinycats.errors import TinyCatsError
+from tinycats.predictions import PrintPredictions
+from tinycats.resume import newest_run, resolve_resume
+from tinycats.run import RunSpec, model_dir, resolve_run_dir
+
+log = logging.getLogger("tinycats")
+
+DESCRIPTION = """\
+Train and use the tinycats models from one YAML config:
+  tinycats fit -c configs/classifier.yaml        train (continues the run if it was interrupted)
+  tinycats test -c configs/classifier.yaml --ckpt_path PATH
+  tinycats predict -c configs/classifier.yaml --ckpt_path PATH --data.predict_paths '[a.jpg]'
+  tinycats sample --help                          draw cats with a trained TinyDiT
+"""
+
+EXIT_INTERRUPTED = 143  # like a process stopped by SIGTERM: a retry should continue the run
+
+
+class TinyCatsCLI(LightningCLI):
+    """LightningCLI that puts every run in its dated directory and resumes it by policy."""
+
+    def __init__(
+        self,
+        *args: Any,
+        commit_outputs: Callable[[], None] = no_commit,
+        commit_data: Callable[[], None] = no_commit,
+        **kwargs: Any,
+    ) -> None:
+        self.commit_outputs = commit_outputs
+        self.commit_data = commit_data
+        self.summary: dict[str, Any] | None = None
+        super().__init__(
+            *args,
+            datamodule_class=PetsDataModule,
+            subclass_mode_model=True,
+            save_config_kwargs={"overwrite": True},  # a rerun or retry rewrites the same config
+            parser_kwargs={"description": DESCRIPTION},
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_class_arguments(RunSpec, "run")
+        parser.add_class_arguments(CheckpointPolicy, "checkpoint")
+        parser.add_argument(
+            "--resume", default="auto",
+            help="fit only: auto (continue this run if it has a checkpoint), latest (the newest "
+            "run of this model), never (start fresh), or a checkpoint path.",
+        )  # fmt: skip
+        parser.link_arguments(
+            "data.num_classes", "model.init_args.num_classes", apply_on="instantiate"
+        )
+        parser.link_arguments(
+            "data.class_names", "model.init_args.class_names", apply_on="instantiate"
+        )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        spec = RunSpec(**vars(config.run))
+        self.model_group = _model_group(config.model.class_path)
+        if self.subcommand == "fit" and config.resume == "latest":
+            newest = newest_run(model_dir(spec, self.model_group))
+            if newest is not None:
+                spec.date, spec.name = newest.parent.name, newest.name
+        if not spec.date:
+            spec.date = dt.date.today().isoformat()  # fixed now, at launch
+        self.run = resolve_run_dir(spec, self.model_group)
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        self.datamodule.commit = self.commit_data
+        config = self.config_init[self.subcommand]
+        self.checkpoints = build_checkpoints(config.checkpoint, self.run.path, self.commit_outputs)
+        extra = [PrintPredictions()] if self.subcommand == "predict" else []
+        return super().instantiate_trainer(
+            default_root_dir=str(self.run.path),
+            logger=CSVLogger(self.run.path, name="", version=""),
+            callbacks=[*(config.trainer.callbacks or []), *self.checkpoints, *extra],
+            **kwargs,
+        )
+
+    def fit(
+        self, model: L.LightningModule, datamodule: L.LightningDataModule, **kwargs: Any
+    ) -> None:
+        """Train, continuing this run from its newest good checkpoint, unless it already finished."""
+        policy = self.config_init.fit.resume
+        finished = self.run.summary()
+        if finished and policy in ("auto", "latest"):
+            log.info("Run %s already finished at step %s: %s. Nothing to train; pass a new "
+                     "--run.name to train again.", self.run.path, finished["global_step"],
+                     _format_metrics(finished["metrics"]))  # fmt: skip
+            self.summary = finished
+            return
+        if kwargs.get("ckpt_path") is None:
+            kwargs["ckpt_path"] = resolve_resume(policy, self.run.path, model)
+        if kwargs["ckpt_path"]:
+            log.info("Resuming from %s", kwargs["ckpt_path"])
+        try:
+            self.trainer.fit(model, datamodule=datamodule, **kwargs)
+        except SIGTERMException as stop:
+            log.warning("Stopped by a signal; the run continues from %s on the next launch.",
+                        self.run.path / "last.ckpt")  # fmt: skip
+            raise SystemExit(EXIT_INTERRUPTED) from stop
+        self.summary = self._finish()
+
+    def _finish(self) -> dict[str, Any]:
+        """Record the finished run (rank 0) and say where it is."""
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if v.numel() == 1}
+        best = self.checkpoints[-1].best_model_path if len(self.checkpoints) > 1 else ""
+        summary = {
+            "status": "finished",
+            "run_dir": str(self.run.path),
+            "global_step": self.trainer.global_step,
+            "epoch": self.trainer.current_epoch,
+            "metrics": metrics,
+            "last_checkpoint": str(self.run.path / "last.ckpt"),
+            "best_checkpoint": best,
+            "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        if self.trainer.is_global_zero:
+            self.run.write_summary(summary)
+            self.commit_outputs()
+            log.info("Finished %s at step %d: %s", self.run.path, self.trainer.global_step,
+                     _format_metrics(metrics))  # fmt: skip
+        return summary
+
+
+def run_cli(
+    args: list[str] | None = None,
+    commit_outputs: Callable[[], None] = no_commit,
+    commit_data: Callable[[], None] = no_commit,
+) -> dict[str, Any] | None:
+    """Run one ``tinycats`` LightningCLI command; returns the run summary after ``fit``."""
+    cli = TinyCatsCLI(args=args, commit_outputs=commit_outputs, commit_data=commit_data)
+    return cli.summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``tinycats`` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    _show_our_logs()
+    try:
+        if argv[:1] == ["sample"]:
+            from tinycats.sample import main as sample_main
+
+            sample_main(argv[1:])
+        else:
+            run_cli(argv if argv is not sys.argv[1:] else None)
+    except TinyCatsError as err:
+        print(f"tinycats: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _model_group(class_path: str) -> str:
+    """The folder name of a model's runs: its ``run_group`` (classifier, dit)."""
+    module, _, name = class_path.rpartition(".")
+    model_class = getattr(importlib.import_module(module), name)
+    return getattr(model_class, "run_group", name.lower())
+
+
+def _format_metrics(metrics: dict[str, float]) -> str:
+    shown = {k: v for k, v in sorted(metrics.items()) if k.startswith(("val/", "test/"))}
+    return ", ".join(f"{k}={v:.4f}" for k, v in (shown or metrics).items()) or "no metrics"
+
+
+def _show_our_logs() -> None:
+    logger = logging.getLogger("tinycats")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s tinycats: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)

@@ -1,0 +1,147 @@
+"""PetsDataModule: download → verify → cache → seeded split → loaders, for both models."""
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import Dataset, TensorDataset
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from tinycats.data.cache import load_or_build_cache
+from tinycats.data.catalog import Catalog, LabelMode, build_catalog, class_names_for
+from tinycats.data.download import OXFORD_PETS_ARCHIVES, OXFORD_PETS_URL, ensure_oxford_pets
+from tinycats.data.images import UnreadableImage, load_square
+from tinycats.data.split import stratified_split
+from tinycats.errors import TinyCatsError
+
+log = logging.getLogger(__name__)
+
+OXFORD_PETS = "oxford-pets"
+
+
+class PetsDataModule(L.LightningDataModule):
+    """Oxford-IIIT Pet (or a folder of your own photos) as uint8 image batches and class indices.
+
+    Args:
+        root: where downloads and caches live (a Modal volume on Modal).
+        source: ``oxford-pets`` to download the dataset, or a folder of images, either flat with
+            Oxford names (``Bengal_1.jpg``) or one subfolder per class (``labels: folder``).
+        labels: cat_vs_dog (2 classes), cat_breeds (12), pet_breeds (37) or folder.
+        image_size: side of the square images the models see (and the cache holds).
+        batch_size: images per training batch (per device).
+        split: train, val, test fractions of every class.
+        seed: seed of the split and of the training order.
+        num_workers: DataLoader worker processes (0 keeps everything in the main process).
+        base_url: where the Oxford-IIIT Pet archives are downloaded from.
+        checksums: MD5 of each archive; override only for a mirror with other archives.
+        predict_paths: image files for ``tinycats predict``.
+    """
+
+    def __init__(
+        self,
+        root: str = "data",
+        source: str = OXFORD_PETS,
+        labels: LabelMode = "cat_vs_dog",
+        image_size: int = 64,
+        batch_size: int = 64,
+        split: tuple[float, float, float] = (0.8, 0.1, 0.1),
+        seed: int = 0,
+        num_workers: int = 0,
+        base_url: str = OXFORD_PETS_URL,
+        checksums: dict[str, str] | None = None,
+        predict_paths: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.class_names = class_names_for(labels, None if source == OXFORD_PETS else Path(source))
+        self.commit: Callable[[], None] = lambda: None
+        self.datasets: dict[str, Dataset] = {}
+
+    @property
+    def num_classes(self) -> int:
+        """How many classes the label mode has."""
+        return len(self.class_names)
+
+    def prepare_data(self) -> None:
+        """Download (once) and build the uint8 cache (once); runs on one process per machine."""
+        catalog = self._catalog()
+        load_or_build_cache(catalog.paths, self.hparams.image_size, self._cache_dir, self.commit)
+
+    def setup(self, stage: str) -> None:
+        """Load the cache and split it the same way on every run."""
+        if stage == "predict":
+            self.datasets["predict"] = self._predict_dataset()
+            return
+        catalog = self._catalog()
+        cache = load_or_build_cache(catalog.paths, self.hparams.image_size, self._cache_dir)
+        targets = torch.tensor([catalog.targets[i] for i in cache.kept])
+        parts = stratified_split(targets.tolist(), tuple(self.hparams.split), self.hparams.seed)
+        for name, indices in zip(("train", "val", "test"), parts, strict=True):
+            self.datasets[name] = TensorDataset(cache.images[indices], targets[indices])
+        log.info(
+            "%s: %d train / %d val / %d test images, %d classes (%s)",
+            self.hparams.labels, *(len(part) for part in parts), self.num_classes,
+            self.hparams.source,
+        )  # fmt: skip
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        # A stateful loader with its own seeded generator: a resumed run continues mid-epoch with
+        # exactly the batches the uninterrupted run would have seen.
+        generator = torch.Generator().manual_seed(self.hparams.seed)
+        return self._loader("train", shuffle=True, generator=generator)
+
+    def val_dataloader(self) -> StatefulDataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> StatefulDataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> StatefulDataLoader:
+        return self._loader("predict")
+
+    @property
+    def _cache_dir(self) -> Path:
+        return Path(self.hparams.root) / "cache"
+
+    def _image_folder(self) -> Path:
+        if self.hparams.source != OXFORD_PETS:
+            return Path(self.hparams.source)
+        dataset = ensure_oxford_pets(
+            Path(self.hparams.root),
+            base_url=self.hparams.base_url,
+            checksums=self.hparams.checksums or OXFORD_PETS_ARCHIVES,
+            commit=self.commit,
+        )
+        return dataset / "images"
+
+    def _catalog(self) -> Catalog:
+        return build_catalog(self._image_folder(), self.hparams.labels)
+
+    def _predict_dataset(self) -> TensorDataset:
+        paths = [Path(p) for p in self.hparams.predict_paths or []]
+        if not paths:
+            raise TinyCatsError("Nothing to predict: pass image files with --data.predict_paths.")
+        images, problems = [], []
+        for path in paths:
+            try:
+                images.append(load_square(path, self.hparams.image_size)[0])
+            except (UnreadableImage, FileNotFoundError) as err:
+                problems.append(str(err))
+        if problems:
+            raise TinyCatsError("Cannot predict on files that are not readable images: "
+                                + "; ".join(problems))  # fmt: skip
+        return TensorDataset(torch.stack(images), torch.full((len(images),), -1))
+
+    def _loader(self, split: str, shuffle: bool = False, generator=None) -> StatefulDataLoader:
+        workers = self.hparams.num_workers
+        return StatefulDataLoader(
+            self.datasets[split],
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )

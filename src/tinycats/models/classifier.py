@@ -1,0 +1,157 @@
+"""CatClassifier: a torchvision backbone that tells cats from dogs, or one cat breed from another."""
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+)
+
+from tinycats.augment import color_jitter, random_flip, random_resized_crop, to_unit_range
+from tinycats.lr_schedule import warmup_cosine
+from tinycats.randomness import step_generator
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class CatClassifier(L.LightningModule):
+    """Image classifier with accuracy, macro-F1 and a confusion matrix on validation and test.
+
+    Args:
+        num_classes: number of classes (linked from the data module).
+        class_names: their names, used by ``predict`` (linked from the data module).
+        backbone: a torchvision classification model name, e.g. resnet18.
+        weights: torchvision weights to start from, e.g. ``DEFAULT`` for ImageNet; ``null``
+            trains from scratch (the only option offline).
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay.
+        warmup_fraction: share of the training steps spent warming the learning rate up.
+        label_smoothing: cross-entropy label smoothing.
+        augment: random crop, flip and colour jitter on training batches.
+        seed: seed of the augmentation draws.
+    """
+
+    run_group = "classifier"
+
+    def __init__(
+        self,
+        num_classes: int = 2,
+        class_names: list[str] | None = None,
+        backbone: str = "resnet18",
+        weights: str | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        warmup_fraction: float = 0.05,
+        label_smoothing: float = 0.1,
+        augment: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = _with_new_head(
+            torchvision.models.get_model(backbone, weights=weights), num_classes
+        )
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        metrics = MetricCollection({
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "f1": MulticlassF1Score(num_classes, average="macro"),
+        })  # fmt: skip
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self.val_confusion = MulticlassConfusionMatrix(num_classes)
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of float images in ``[0, 1]``."""
+        return self.net((images - self.mean) / self.std)
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        images, targets = batch
+        images = to_unit_range(images)
+        if self.hparams.augment:
+            generator = step_generator(self.hparams.seed, self.global_step, self.global_rank)
+            images = color_jitter(random_flip(random_resized_crop(images, generator), generator),
+                                  generator)  # fmt: skip
+        loss = F.cross_entropy(self(images), targets, label_smoothing=self.hparams.label_smoothing)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics, self.val_confusion)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics, self.test_confusion)
+
+    def predict_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        """Class probabilities for each image."""
+        return self(to_unit_range(batch[0])).softmax(dim=-1)
+
+    def on_validation_epoch_end(self) -> None:
+        self._write_confusion("val", self.val_confusion)
+
+    def on_test_epoch_end(self) -> None:
+        self._write_confusion("test", self.test_confusion)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
+            fused=self.device.type == "cuda",
+        )  # fmt: skip
+        # The horizon comes from the trainer (max_steps or epochs × batches), never from a constant.
+        total = self.trainer.estimated_stepping_batches
+        scheduler = warmup_cosine(optimizer, int(total), self.hparams.warmup_fraction)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def _evaluate(
+        self, batch, metrics: MetricCollection, confusion: MulticlassConfusionMatrix
+    ) -> None:
+        images, targets = batch
+        logits = self(to_unit_range(images))
+        metrics.update(logits, targets)
+        confusion.update(logits, targets)
+        self.log_dict(metrics, prog_bar=True)
+
+    def _write_confusion(self, stage: str, confusion: MulticlassConfusionMatrix) -> None:
+        """Save the epoch's confusion matrix (rows: true class) as JSON beside the run's logs."""
+        matrix = confusion.compute().tolist()
+        confusion.reset()
+        if (
+            self.trainer.sanity_checking
+            or not self.trainer.is_global_zero
+            or not self.trainer.log_dir
+        ):
+            return
+        names = self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)]
+        path = Path(self.trainer.log_dir) / f"confusion_{stage}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"classes": list(names), "matrix": matrix}, indent=1))
+
+
+def _with_new_head(net: nn.Module, num_classes: int) -> nn.Module:
+    """Replace the last linear layer of a torchvision classifier with one for ``num_classes``."""
+    for parent in [net, *net.modules()]:
+        for name in ("fc", "head", "classifier"):
+            layer = getattr(parent, name, None)
+            if isinstance(layer, nn.Sequential) and isinstance(layer[-1], nn.Linear):
+                parent, name, layer = layer, str(len(layer) - 1), layer[-1]
+            if isinstance(layer, nn.Linear):
+                setattr(parent, name, nn.Linear(layer.in_features, num_classes))
+                return net
+    raise ValueError(f"Cannot find the classification head of {type(net).__name__}")

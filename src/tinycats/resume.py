@@ -1,0 +1,90 @@
+"""Choosing the checkpoint a run continues from: newest first, skipping any that cannot load.
+
+Policies (``--resume``): ``auto`` continues this run if it has a checkpoint, else starts fresh;
+``latest`` continues the newest run of this model across names and dates; ``never`` starts
+fresh (and refuses a run directory that already holds checkpoints); anything else is a path.
+"""
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tinycats.errors import TinyCatsError
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("auto", "latest", "never")
+
+
+def newest_first(paths: list[Path]) -> list[Path]:
+    """Checkpoints by modification time, newest first; ``last.ckpt`` wins a tie."""
+    return sorted(paths, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"), reverse=True)
+
+
+def resumable_checkpoints(run_dir: Path) -> list[Path]:
+    """``last.ckpt`` and the step checkpoints of a run (``best.ckpt`` is for evaluation only)."""
+    return [*run_dir.glob("last.ckpt"), *run_dir.glob("step=*.ckpt")]
+
+
+def newest_run(model_root: Path) -> Path | None:
+    """The run directory (``<date>/<name>``) holding the newest checkpoint of a model."""
+    found = newest_first([p for run in model_root.glob("*/*") for p in resumable_checkpoints(run)])
+    return found[0].parent if found else None
+
+
+def first_loadable(candidates: list[Path], model: nn.Module) -> Path | None:
+    """The first checkpoint that loads and fits ``model``; each one passed over is named in a warning."""
+    expected = {key: value.shape for key, value in model.state_dict().items()}
+    for path in candidates:
+        problem = _problem_with(path, expected)
+        if problem is None:
+            return path
+        log.warning("Skipping checkpoint %s: %s", path, problem)
+    return None
+
+
+def resolve_resume(policy: str, run_dir: Path, model: nn.Module) -> Path | None:
+    """The checkpoint to resume from under ``policy``, or None to start fresh."""
+    existing = newest_first(resumable_checkpoints(run_dir))
+    if policy == "never":
+        if existing:
+            raise TinyCatsError(
+                f"--resume never, but {run_dir} already holds checkpoints: pick a new --run.name "
+                "or remove that directory to start over."
+            )
+        return None
+    if policy in ("auto", "latest"):
+        chosen = first_loadable(existing, model)
+        if existing and chosen is None:
+            log.warning("No loadable checkpoint in %s: training starts from scratch.", run_dir)
+        return chosen
+    path = Path(policy)
+    if not path.is_file():
+        raise TinyCatsError(
+            f"--resume {policy!r} is neither auto, latest, never nor an existing checkpoint file."
+        )
+    if first_loadable([path], model) is None:
+        raise TinyCatsError(
+            f"Cannot resume from {path}: it does not load into this model (see warning)."
+        )
+    return path
+
+
+def _problem_with(path: Path, expected: dict[str, torch.Size]) -> str | None:
+    """Why a checkpoint cannot resume this model, or None when it can."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # a truncated zip raises RuntimeError, garbage raises others
+        return f"unreadable ({type(err).__name__}: {err})"
+    state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
+    if state is None:
+        return "not a Lightning checkpoint (no state_dict)"
+    found = {key: value.shape for key, value in state.items()}
+    if found.keys() != expected.keys():
+        return "it belongs to another model (different parameter names)"
+    mismatched = [key for key, shape in expected.items() if found[key] != shape]
+    if mismatched:
+        return f"it has other shapes (another config?), e.g. {mismatched[0]}"
+    return None

@@ -1,0 +1,79 @@
+"""Run identity: where a run's checkpoints, config, logs and summary live.
+
+A run is ``<outputs>/checkpoints/<model>/<YYYY-MM-DD>/<name>/``. The date and name are fixed
+when the run is launched (the CLI's defaults, or the Modal entrypoint's explicit values), so a
+rerun or a retry, also one that starts after midnight, lands in the same directory.
+"""
+
+import datetime as dt
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tinycats.errors import TinyCatsError
+
+SUMMARY = "summary.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class RunSpec:
+    """Where this run lives.
+
+    Args:
+        outputs: root folder of all runs (the outputs volume on Modal).
+        name: the run's name; rerunning with the same name and date continues the run.
+        date: the run's date, YYYY-MM-DD; empty means today, fixed at launch.
+        model: the model folder; empty means the model's own (classifier, dit).
+    """
+
+    outputs: str = "outputs"
+    name: str = "run"
+    date: str = ""
+    model: str = ""
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run's directory and how to read and write its summary."""
+
+    path: Path
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / SUMMARY
+
+    def summary(self) -> dict[str, Any] | None:
+        """The summary a finished run left, or None."""
+        if not self.summary_path.exists():
+            return None
+        return json.loads(self.summary_path.read_text())
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        """Record that the run finished, with its final metrics (written atomically)."""
+        partial = self.summary_path.with_suffix(".partial")
+        partial.write_text(json.dumps(summary, indent=2, sort_keys=True))
+        partial.replace(self.summary_path)
+
+
+def resolve_run_dir(spec: RunSpec, default_model: str, today: dt.date | None = None) -> RunDir:
+    """The directory of the run ``spec`` names, checking each part is a plain folder name."""
+    date = spec.date or (today or dt.date.today()).isoformat()
+    model = spec.model or default_model
+    try:
+        dt.date.fromisoformat(date)
+    except ValueError as err:
+        raise TinyCatsError(f"run.date must be YYYY-MM-DD, got {date!r}.") from err
+    for field, value in (("run.name", spec.name), ("run.model", model)):
+        if not _NAME.match(value):
+            raise TinyCatsError(
+                f"{field} must be a plain folder name (letters, digits, '.', '_', '-'), got {value!r}."
+            )
+    return RunDir(Path(spec.outputs) / "checkpoints" / model / date / spec.name)
+
+
+def model_dir(spec: RunSpec, default_model: str) -> Path:
+    """The folder holding every run of a model, across dates."""
+    return Path(spec.outputs) / "checkpoints" / (spec.model or default_model)

@@ -1,0 +1,191 @@
+"""Tests for the DiT network: patches, positions, adaLN-Zero init, labels and named configs."""
+
+import pytest
+import torch
+from torch import nn
+
+from tinycats.models.dit import DIT_CONFIGS, TinyDiT, build_dit, patchify, unpatchify
+
+
+def _inputs(model: TinyDiT, batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    size = (batch, model.in_channels, model.image_size, model.image_size)
+    x = torch.randn(size, generator=g)
+    t = torch.rand(batch, generator=g)
+    y = torch.randint(0, model.num_classes, (batch,), generator=g)
+    return x, t, y
+
+
+def _perturb_zero_init(model: TinyDiT, seed: int = 0) -> None:
+    """Give the zero-initialised modulation and output layers small random weights."""
+    g = torch.Generator().manual_seed(seed)
+    zeroed = [block.modulation[-1] for block in model.blocks]
+    zeroed += [model.final_layer.modulation[-1], model.final_layer.linear]
+    with torch.no_grad():
+        for linear in zeroed:
+            linear.weight.copy_(0.1 * torch.randn(linear.weight.shape, generator=g))
+            linear.bias.copy_(0.1 * torch.randn(linear.bias.shape, generator=g))
+
+
+# ---- patches ---------------------------------------------------------------------------------
+
+
+def test_unpatchify_inverts_patchify_exactly():
+    x = torch.randn(2, 3, 16, 16)
+    tokens = patchify(x, 4)
+    assert tokens.shape == (2, 16, 4 * 4 * 3)
+    assert torch.equal(unpatchify(tokens, 4), x)
+
+
+def test_patchify_tokens_are_row_major_image_blocks():
+    # Two mutually inverse but scrambling functions would pass the round trip: check the layout.
+    x = torch.randn(2, 3, 16, 16)
+    tokens = patchify(x, 4)
+    for row in range(4):
+        for col in range(4):
+            block = x[:, :, 4 * row : 4 * row + 4, 4 * col : 4 * col + 4]
+            assert torch.equal(tokens[:, 4 * row + col], block.permute(0, 2, 3, 1).reshape(2, -1))
+
+
+def test_patch_embedding_sees_tokens_in_patchify_order():
+    # The conv embedding, the positional table and unpatchify must all use one token order.
+    model = build_dit("tiny")
+    x, _, _ = _inputs(model, batch=1)
+    conv = model.patch_embed
+    with torch.no_grad():
+        conv_tokens = conv(x).flatten(2).transpose(1, 2)
+        weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, -1)
+        linear_tokens = patchify(x, model.patch_size) @ weight.T + conv.bias
+    torch.testing.assert_close(conv_tokens, linear_tokens, atol=1e-5, rtol=1e-5)
+
+
+def test_unpatchify_rejects_non_square_token_count():
+    with pytest.raises(ValueError, match="square"):
+        unpatchify(torch.zeros(1, 15, 48), 4)
+
+
+# ---- positions -------------------------------------------------------------------------------
+
+
+def test_positional_embedding_is_a_fixed_buffer():
+    model = build_dit("tiny")
+    assert "pos_embed" in dict(model.named_buffers())
+    assert "pos_embed" not in dict(model.named_parameters())
+    assert model.pos_embed.shape == (1, 16, 64)
+    assert len(torch.unique(model.pos_embed[0], dim=0)) == 16  # every position is distinct
+
+
+def _permuted_output_mismatch(model: TinyDiT) -> float:
+    """Largest gap between f(permuted patches) and the permuted f(patches)."""
+    x, t, y = _inputs(model, batch=2)
+    perm = torch.randperm(16, generator=torch.Generator().manual_seed(1))
+    x_perm = unpatchify(patchify(x, 4)[:, perm], 4)
+    with torch.no_grad():
+        out = patchify(model(x, t, y), 4)
+        out_perm = patchify(model(x_perm, t, y), 4)
+    return (out_perm - out[:, perm]).abs().max().item()
+
+
+def test_model_knows_where_patches_are():
+    model = build_dit("tiny")
+    _perturb_zero_init(model)
+    assert _permuted_output_mismatch(model) > 1e-2
+
+
+def test_without_positional_embedding_model_is_permutation_equivariant():
+    # Control for the test above: the positional table is the only source of position.
+    model = build_dit("tiny")
+    _perturb_zero_init(model)
+    model.pos_embed.zero_()
+    assert _permuted_output_mismatch(model) < 1e-5
+
+
+# ---- adaLN-Zero initialisation -----------------------------------------------------------------
+
+
+def test_output_is_exactly_zero_at_init():
+    model = build_dit("tiny")
+    out = model(*_inputs(model, batch=3))
+    assert out.shape == (3, 3, 16, 16)
+    assert torch.count_nonzero(out) == 0
+
+
+def test_zero_init_still_trains_the_output_layer():
+    model = build_dit("tiny")
+    x, t, y = _inputs(model, batch=2)
+    (model(x, t, y) - x).square().mean().backward()
+    assert model.final_layer.linear.weight.grad.abs().sum() > 0
+
+
+def test_initialize_weights_restores_zero_output():
+    model = build_dit("tiny")
+    _perturb_zero_init(model)
+    inputs = _inputs(model, batch=2)
+    assert torch.count_nonzero(model(*inputs)) > 0
+    model.initialize_weights()
+    assert torch.count_nonzero(model(*inputs)) == 0
+
+
+# ---- labels ----------------------------------------------------------------------------------
+
+
+def test_null_class_is_an_extra_label_row():
+    model = build_dit("tiny", num_classes=5)
+    assert model.null_class == 5
+    assert model.label_embedder.table.num_embeddings == 6
+    _perturb_zero_init(model)
+    x, t, _ = _inputs(model, batch=2)
+    with torch.no_grad():
+        out_null = model(x, t, torch.full((2,), model.null_class))
+        out_real = model(x, t, torch.zeros(2, dtype=torch.long))
+    assert torch.isfinite(out_null).all()
+    assert not torch.allclose(out_null, out_real)
+
+
+def test_labels_and_time_change_the_output():
+    model = build_dit("tiny")
+    _perturb_zero_init(model)
+    x, t, y = _inputs(model, batch=2)
+    with torch.no_grad():
+        out = model(x, t, y)
+        assert not torch.allclose(out, model(x, t, (y + 1) % model.num_classes))
+        assert not torch.allclose(out, model(x, 1 - t, y))
+
+
+# ---- variants and named configs --------------------------------------------------------------
+
+
+def test_qk_norm_adds_norms_and_runs():
+    model = build_dit("tiny", qk_norm=True)
+    assert isinstance(model.blocks[0].attn.q_norm, nn.RMSNorm)
+    assert isinstance(build_dit("tiny").blocks[0].attn.q_norm, nn.Identity)
+    _perturb_zero_init(model)
+    out = model(*_inputs(model, batch=2))
+    assert out.shape == (2, 3, 16, 16)
+    assert torch.isfinite(out).all()
+
+
+def test_wrong_image_size_is_rejected():
+    model = build_dit("tiny")
+    with pytest.raises(ValueError, match="expected images of shape"):
+        model(torch.zeros(1, 3, 32, 32), torch.zeros(1), torch.zeros(1, dtype=torch.long))
+
+
+def test_build_dit_rejects_unknown_name_and_lists_valid_ones():
+    with pytest.raises(ValueError, match="nope") as error:
+        build_dit("nope")
+    for name in DIT_CONFIGS:
+        assert name in str(error.value)
+
+
+@pytest.mark.parametrize("name", sorted(DIT_CONFIGS))
+def test_named_config_runs_a_forward(name: str):
+    torch.manual_seed(0)
+    model = build_dit(name)
+    config = DIT_CONFIGS[name]
+    assert (model.image_size, model.patch_size) == (config["image_size"], config["patch_size"])
+    assert len(model.blocks) == config["depth"]
+    assert model.pos_embed.shape[-1] == config["width"]
+    with torch.no_grad():
+        out = model(*_inputs(model, batch=1))
+    assert out.shape == (1, 3, model.image_size, model.image_size)
