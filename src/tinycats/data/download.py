@@ -15,6 +15,8 @@ from pathlib import Path
 
 from torchvision.datasets.utils import calculate_md5, download_url, extract_archive
 
+from tinycats.errors import TinyCatsError
+
 __all__ = [
     "OXFORD_PETS_ARCHIVES",
     "OXFORD_PETS_URL",
@@ -36,7 +38,7 @@ _TEMP_PREFIX = ".download-"
 _EXPECTED_SUBDIRS = ("images", "annotations")
 
 
-class DatasetDownloadError(RuntimeError):
+class DatasetDownloadError(TinyCatsError):
     """The dataset could not be downloaded, verified or installed under the data root."""
 
 

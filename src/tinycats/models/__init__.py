@@ -1,5 +1,6 @@
-"""The LightningModules (CatClassifier, and the DiT generator) and the networks they train."""
+"""The LightningModules (CatClassifier, DiTGenerator) and the networks they train."""
 
 from tinycats.models.classifier import CatClassifier
+from tinycats.models.generator import DiTGenerator
 
-__all__ = ["CatClassifier"]
+__all__ = ["CatClassifier", "DiTGenerator"]

@@ -1,0 +1,213 @@
+"""DiTGenerator: trains a TinyDiT by rectified flow, with EMA weights and sample grids."""
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks.weight_averaging import EMAWeightAveraging
+from torch import Tensor
+
+from tinycats.augment import random_flip, to_unit_range
+from tinycats.errors import TinyCatsError
+from tinycats.grid import save_labelled_grid
+from tinycats.lr_schedule import warmup_cosine
+from tinycats.models.dit import build_dit
+from tinycats.models.flow import flow_loss, sample
+from tinycats.randomness import step_generator
+
+# Keeps the fixed validation noise apart from the per-step training draws of the same seed.
+_VALIDATION_STREAM = -1
+
+
+def drop_labels(labels: Tensor, rate: float, null_class: int, generator: torch.Generator) -> Tensor:
+    """Replace each label by ``null_class`` with probability ``rate`` (for classifier-free guidance)."""
+    dropped = torch.rand(labels.shape[0], generator=generator) < rate
+    return torch.where(dropped.to(labels.device), null_class, labels)
+
+
+class GeneratorEMA(EMAWeightAveraging):
+    """Lightning's EMA callback, except that the module keeps its live weights when training ends.
+
+    The parent copies the averaged weights into the module in ``on_train_end``, which runs before
+    the checkpoint callback's final save of ``last.ckpt``: that file would then hold the EMA
+    weights twice and lose the live ones, and a run continued from it would not be the run that
+    was interrupted (see plans/dit-ema.md). Checkpoints already carry the EMA weights as their
+    ``state_dict``, and validation swaps them in, so nothing needs them in the module afterwards.
+    """
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Leave the live weights in place (see the class docstring)."""
+
+    @property
+    def averaged(self) -> L.LightningModule:
+        """The averaged copy of the module (only during and after ``fit``)."""
+        if self._average_model is None:
+            raise RuntimeError("the EMA weights exist only once fit has started")
+        return self._average_model.module
+
+
+class DiTGenerator(L.LightningModule):
+    """A class-conditional TinyDiT trained by rectified flow; validates and samples with its EMA.
+
+    Args:
+        num_classes: number of classes (linked from the data module).
+        class_names: their names, used to label sample grids (linked from the data module).
+        arch: a named network shape from ``tinycats.models.dit.DIT_CONFIGS``.
+        image_size: side of the images; must equal the data's (linked from the data module);
+            ``null`` keeps the arch's own.
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay.
+        warmup_fraction: share of the training steps spent warming the learning rate up.
+        label_dropout: probability of training a sample with the null (unconditional) label.
+        flip: mirror a random half of each batch left-right (the only augmentation).
+        ema_decay: decay of the exponential moving average of the weights.
+        ema_start_step: the EMA starts as a copy of the weights at this step (before it, it
+            holds the initial weights).
+        ema_every_n_steps: update the EMA every this many optimizer steps.
+        val_timesteps: validation measures the loss at this many evenly spaced flow times,
+            with noise that is the same at every validation.
+        sample_every_n_steps: write a grid of EMA samples this often (0: never).
+        samples_per_class: images per class (one row each) in that grid.
+        sample_steps: ODE steps of the grid's sampler.
+        sample_cfg_scale: classifier-free guidance scale of the grid.
+        seed: seed of the training draws (flip, label dropout, noise, times) and fixed noises.
+    """
+
+    run_group = "dit"
+
+    def __init__(
+        self,
+        num_classes: int = 12,
+        class_names: list[str] | None = None,
+        arch: str = "S-4-64",
+        image_size: int | None = None,
+        lr: float = 2e-4,
+        weight_decay: float = 0.0,
+        warmup_fraction: float = 0.02,
+        label_dropout: float = 0.1,
+        flip: bool = True,
+        ema_decay: float = 0.9999,
+        ema_start_step: int = 0,
+        ema_every_n_steps: int = 1,
+        val_timesteps: int = 8,
+        sample_every_n_steps: int = 0,
+        samples_per_class: int = 8,
+        sample_steps: int = 50,
+        sample_cfg_scale: float = 3.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if not 0 <= label_dropout < 1:
+            raise TinyCatsError(f"label_dropout must be in [0, 1), got {label_dropout}.")
+        size = {} if image_size is None else {"image_size": image_size}
+        try:
+            self.model = build_dit(arch, num_classes=num_classes, **size)
+        except ValueError as err:
+            raise TinyCatsError(f"Cannot build the DiT: {err}.") from err
+
+    @property
+    def class_labels(self) -> list[str]:
+        """A display name per class: the class names, or their indices when there are none."""
+        return list(self.hparams.class_names or map(str, range(self.hparams.num_classes)))
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        """The velocity the network predicts for noisy images x at times t with labels y."""
+        return self.model(x, t, y)
+
+    def training_inputs(
+        self, batch: tuple[Tensor, Tensor], generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        """A batch's images in [-1, 1], randomly mirrored, and its labels, randomly nulled."""
+        images, labels = batch
+        x0 = _to_signed_range(images)
+        if self.hparams.flip:
+            x0 = random_flip(x0, generator)
+        labels = drop_labels(labels, self.hparams.label_dropout, self.model.null_class, generator)
+        return x0, labels
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        # One generator per (seed, step, rank) for every draw: a resumed run repeats them exactly.
+        generator = step_generator(self.hparams.seed, self.global_step, self.global_rank)
+        x0, labels = self.training_inputs(batch, generator)
+        loss = flow_loss(self.model, x0, labels, generator=generator, schedule="logit_normal")
+        self.log("train/flow_loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        x0 = _to_signed_range(images)
+        steps = self.hparams.val_timesteps
+        # Fixed times and fixed noise: the loss changes only when the weights do.
+        times = (torch.arange(steps, dtype=x0.dtype) + 0.5) / steps
+        generator = step_generator(self.hparams.seed, batch_idx, _VALIDATION_STREAM)
+        noise = torch.randn((steps, *x0.shape), generator=generator).to(x0)
+        losses = [
+            flow_loss(self.model, x0, labels, noise=noise[i], t=times[i].expand(x0.shape[0]))
+            for i in range(steps)
+        ]
+        self.log("val/flow_loss", torch.stack(losses).mean(), prog_bar=True,
+                 batch_size=x0.shape[0], sync_dist=True)  # fmt: skip
+
+    @torch.no_grad()
+    def generate(
+        self,
+        labels: Tensor,
+        seed: int,
+        steps: int = 50,
+        cfg_scale: float = 3.0,
+        method: str = "euler",
+    ) -> Tensor:
+        """Images in [0, 1] of the given classes, from noise fixed by ``seed``."""
+        size, channels = self.model.image_size, self.model.in_channels
+        noise = torch.randn((labels.shape[0], channels, size, size),
+                            generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        images = sample(
+            self.model, noise.to(self.device), labels.to(self.device), steps=steps,
+            cfg_scale=cfg_scale, null_class=self.model.null_class, method=method,
+        )  # fmt: skip
+        return images.clamp(-1, 1).add(1).div(2)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        every = self.hparams.sample_every_n_steps
+        if every and self.global_step % every == 0 and self.trainer.is_global_zero:
+            self._save_sample_grid()
+
+    def configure_callbacks(self) -> list[GeneratorEMA]:
+        return [
+            GeneratorEMA(
+                decay=self.hparams.ema_decay,
+                update_every_n_steps=self.hparams.ema_every_n_steps,
+                update_starting_at_step=self.hparams.ema_start_step,
+            )
+        ]
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
+            fused=self.device.type == "cuda",
+        )  # fmt: skip
+        # The horizon comes from the trainer (max_steps or epochs × batches), never from a constant.
+        total = self.trainer.estimated_stepping_batches
+        scheduler = warmup_cosine(optimizer, int(total), self.hparams.warmup_fraction)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    def _save_sample_grid(self) -> None:
+        """Write one row of EMA samples per class to ``<log_dir>/samples/step=XXXXXXXX.png``."""
+        ema = next(cb for cb in self.trainer.callbacks if isinstance(cb, GeneratorEMA)).averaged
+        per_class = self.hparams.samples_per_class
+        labels = torch.arange(self.hparams.num_classes).repeat_interleave(per_class)
+        images = ema.generate(
+            labels, seed=self.hparams.seed, steps=self.hparams.sample_steps,
+            cfg_scale=self.hparams.sample_cfg_scale,
+        )  # fmt: skip
+        path = Path(self.trainer.log_dir or ".") / "samples" / f"step={self.global_step:08d}.png"
+        save_labelled_grid(images, self.class_labels, path)
+
+
+def _to_signed_range(images: Tensor) -> Tensor:
+    """uint8 ``[0, 255]`` → float ``[-1, 1]``."""
+    return to_unit_range(images).mul_(2).sub_(1)

@@ -1,0 +1,103 @@
+"""The real ``tinycats`` command on tiny configs and the shared real photos."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import make_broken_images
+
+TINY = "tests/configs/classifier_tiny.yaml"
+TIMEOUT = 300
+
+
+def tinycats(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m tinycats`` (the console script's code) and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "tinycats", *args], capture_output=True, text=True,
+        timeout=TIMEOUT, cwd=cwd,
+    )  # fmt: skip
+
+
+def tiny_args(tmp: Path, sample: Path, *extra: str) -> list[str]:
+    return ["-c", TINY, f"--run.outputs={tmp / 'outputs'}", f"--data.root={tmp / 'data'}",
+            f"--data.source={sample}", *extra]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, pets_sample: Path) -> tuple[Path, Path]:
+    """One tiny classifier run through ``tinycats fit``: (its tmp folder, its run directory)."""
+    tmp = tmp_path_factory.mktemp("cli")
+    done = tinycats("fit", *tiny_args(tmp, pets_sample, "--run.date=2026-01-02"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return tmp, tmp / "outputs/checkpoints/classifier/2026-01-02/tiny"
+
+
+def test_fit_leaves_a_complete_run_directory(trained) -> None:
+    _, run = trained
+    names = {p.name for p in run.iterdir()}
+    assert {"last.ckpt", "config.yaml", "metrics.csv", "summary.json"} <= names
+    assert sorted(n for n in names if n.startswith("step=")) == [
+        f"step={s:08d}.ckpt" for s in (2, 4, 6, 8)
+    ]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["global_step"] == 8
+    assert 0 <= summary["metrics"]["val/acc"] <= 1
+
+
+def test_rerunning_a_finished_run_trains_nothing(trained, pets_sample: Path) -> None:
+    tmp, run = trained
+    before = (run / "last.ckpt").stat().st_mtime_ns
+    again = tinycats("fit", *tiny_args(tmp, pets_sample, "--run.date=2026-01-02"))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "already finished at step 8" in again.stderr
+    assert (run / "last.ckpt").stat().st_mtime_ns == before
+
+
+def test_validate_test_and_predict_use_the_checkpoint(trained, pets_sample: Path) -> None:
+    tmp, run = trained
+    for command, prefix in (("validate", "val"), ("test", "test")):
+        done = tinycats(command, *tiny_args(tmp, pets_sample, f"--ckpt_path={run / 'last.ckpt'}"))
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert f"{prefix}/acc" in done.stdout
+    photos = [sorted(pets_sample.glob("Sphynx_*.jpg"))[0], sorted(pets_sample.glob("pug_*.jpg"))[0]]
+    done = tinycats("predict", *tiny_args(tmp, pets_sample, f"--ckpt_path={run / 'last.ckpt'}",
+                                          f"--data.predict_paths=[{photos[0]},{photos[1]}]"))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line.split("\t") for line in done.stdout.splitlines() if "\t" in line]
+    assert [Path(line[0]) for line in lines] == photos
+    assert all(line[1] in ("cat", "dog") and 0.5 <= float(line[2]) <= 1 for line in lines)
+
+
+def test_predict_on_a_file_that_is_not_an_image_fails_clearly(trained, pets_sample: Path) -> None:
+    tmp, run = trained
+    bad = make_broken_images(tmp / "bad")["not_an_image"]
+    done = tinycats("predict", *tiny_args(tmp, pets_sample, f"--ckpt_path={run / 'last.ckpt'}",
+                                          f"--data.predict_paths=[{bad}]"))  # fmt: skip
+    assert done.returncode == 1
+    assert "not readable images" in done.stderr and bad.name in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_an_unknown_config_key_is_refused(tmp_path: Path, pets_sample: Path) -> None:
+    done = tinycats("fit", *tiny_args(tmp_path, pets_sample, "--model.init_args.lrr=0.1"))
+    assert done.returncode != 0 and "lrr" in done.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_missing_data_without_network_names_the_fix(tmp_path: Path) -> None:
+    done = tinycats("fit", "-c", TINY, f"--run.outputs={tmp_path / 'o'}", f"--data.root={tmp_path / 'd'}",
+                    "--data.source=oxford-pets", "--data.base_url=http://127.0.0.1:9/")  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "http://127.0.0.1:9/images.tar.gz" in done.stderr and str(tmp_path / "d") in done.stderr
+
+
+def test_help_and_print_config() -> None:
+    top = tinycats("--help")
+    assert top.returncode == 0 and "tinycats sample --help" in top.stdout
+    for subcommand in ("fit", "validate", "test", "predict"):
+        assert subcommand in top.stdout
+    printed = tinycats("fit", "-c", TINY, "--print_config")
+    assert printed.returncode == 0 and "class_path: tinycats.models.CatClassifier" in printed.stdout
+    assert "every_n_train_steps: 2" in printed.stdout
