@@ -140,6 +140,6 @@ def test_datamodule_downloads_caches_and_splits(
 
 def test_missing_data_without_network_says_what_to_do(tmp_path: Path) -> None:
     data = PetsDataModule(root=str(tmp_path), base_url="http://127.0.0.1:9/")
-    with pytest.raises(Exception, match="images.tar.gz") as error:
+    with pytest.raises(Exception, match=r"images\.tar\.gz") as error:
         data.prepare_data()
     assert str(tmp_path) in str(error.value)

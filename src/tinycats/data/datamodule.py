@@ -6,13 +6,14 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset, Sampler, TensorDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from tinycats.data.cache import load_or_build_cache
 from tinycats.data.catalog import Catalog, LabelMode, build_catalog, class_names_for
 from tinycats.data.download import OXFORD_PETS_ARCHIVES, OXFORD_PETS_URL, ensure_oxford_pets
 from tinycats.data.images import UnreadableImage, load_square
+from tinycats.data.sampler import EpochShuffle
 from tinycats.data.split import stratified_split
 from tinycats.errors import TinyCatsError
 
@@ -87,10 +88,10 @@ class PetsDataModule(L.LightningDataModule):
         )  # fmt: skip
 
     def train_dataloader(self) -> StatefulDataLoader:
-        # A stateful loader with its own seeded generator: a resumed run continues mid-epoch with
+        # A stateful loader over an epoch-seeded order: a resumed run continues mid-epoch with
         # exactly the batches the uninterrupted run would have seen.
-        generator = torch.Generator().manual_seed(self.hparams.seed)
-        return self._loader("train", shuffle=True, generator=generator)
+        sampler = EpochShuffle(len(self.datasets["train"]), self.hparams.seed)
+        return self._loader("train", sampler=sampler)
 
     def val_dataloader(self) -> StatefulDataLoader:
         return self._loader("val")
@@ -134,13 +135,12 @@ class PetsDataModule(L.LightningDataModule):
                                 + "; ".join(problems))  # fmt: skip
         return TensorDataset(torch.stack(images), torch.full((len(images),), -1))
 
-    def _loader(self, split: str, shuffle: bool = False, generator=None) -> StatefulDataLoader:
+    def _loader(self, split: str, sampler: Sampler | None = None) -> StatefulDataLoader:
         workers = self.hparams.num_workers
         return StatefulDataLoader(
             self.datasets[split],
             batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            sampler=sampler,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -170,11 +170,15 @@ class DiTGenerator(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         every = self.hparams.sample_every_n_steps
-        if every and self.global_step % every == 0 and self.trainer.is_global_zero:
-            self._save_sample_grid()
+        if every and self.global_step % every == 0:
+            log_dir = Path(self.trainer.log_dir)  # a broadcast: every rank must ask for it
+            if self.trainer.is_global_zero:
+                self._save_sample_grid(log_dir / "samples" / f"step={self.global_step:08d}.png")
 
     def configure_callbacks(self) -> list[GeneratorEMA]:
-        return [
+        # Trainer.validate/test after fit ask again: keep the fit's EMA, as a new one would be empty.
+        existing = [cb for cb in self.trainer.callbacks if isinstance(cb, GeneratorEMA)]
+        return existing or [
             GeneratorEMA(
                 decay=self.hparams.ema_decay,
                 update_every_n_steps=self.hparams.ema_every_n_steps,
@@ -195,8 +199,8 @@ class DiTGenerator(L.LightningModule):
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
 
-    def _save_sample_grid(self) -> None:
-        """Write one row of EMA samples per class to ``<log_dir>/samples/step=XXXXXXXX.png``."""
+    def _save_sample_grid(self, path: Path) -> None:
+        """Write one row of EMA samples per class to ``path``."""
         ema = next(cb for cb in self.trainer.callbacks if isinstance(cb, GeneratorEMA)).averaged
         per_class = self.hparams.samples_per_class
         labels = torch.arange(self.hparams.num_classes).repeat_interleave(per_class)
@@ -204,7 +208,6 @@ class DiTGenerator(L.LightningModule):
             labels, seed=self.hparams.seed, steps=self.hparams.sample_steps,
             cfg_scale=self.hparams.sample_cfg_scale,
         )  # fmt: skip
-        path = Path(self.trainer.log_dir or ".") / "samples" / f"step={self.global_step:08d}.png"
         save_labelled_grid(images, self.class_labels, path)
 
 

@@ -1,0 +1,125 @@
+"""Tests for `tinycats sample` and the labelled grid, on a tiny DiT trained by the real `tinycats fit`."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from tinycats.cli import main
+from tinycats.grid import PADDING, save_labelled_grid
+from tinycats.models import CatClassifier
+from tinycats.sample import load_generator
+
+TINY_CONFIG = Path(__file__).parent / "configs" / "dit_tiny.yaml"
+SIZE = 16  # the tiny config's image size
+BREEDS = 12
+
+
+@pytest.fixture(scope="module")
+def run_dir(pets_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run directory of a 4-step `tinycats fit` of the tiny config on the sample photos."""
+    outputs = tmp_path_factory.mktemp("outputs")
+    main(["fit", "-c", str(TINY_CONFIG), "--run.outputs", str(outputs),
+          "--data.root", str(outputs / "data"), "--data.source", str(pets_sample)])  # fmt: skip
+    (found,) = (outputs / "checkpoints" / "dit").glob("*/tiny")
+    return found
+
+
+def _sample(tmp_path: Path, ckpt: Path, out: str, *options: str) -> Path:
+    main(["sample", "--ckpt", str(ckpt), "--out", str(tmp_path / out), "--steps", "3", *options])
+    return tmp_path / out
+
+
+def test_fit_writes_checkpoints_and_an_ema_sample_grid(run_dir: Path):
+    assert {"last.ckpt", "step=00000002.ckpt", "step=00000004.ckpt", "config.yaml",
+            "metrics.csv", "summary.json"} <= {p.name for p in run_dir.iterdir()}  # fmt: skip
+    with Image.open(run_dir / "samples" / "step=00000004.png") as grid:
+        assert grid.height == BREEDS * (SIZE + PADDING) + PADDING  # one row per breed
+
+
+def test_sample_loads_the_ema_weights(run_dir: Path):
+    checkpoint = torch.load(run_dir / "last.ckpt", weights_only=True)
+    loaded = load_generator(run_dir / "last.ckpt").state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in checkpoint["state_dict"].items())
+    live = checkpoint["current_model_state"]
+    assert any(not torch.equal(loaded[k], live[k]) for k in live)
+
+
+def test_sample_writes_a_grid_of_a_row_per_breed(run_dir: Path, tmp_path: Path):
+    out = _sample(tmp_path, run_dir / "last.ckpt", "all.png", "--breed", "all", "--n", "3")
+    with Image.open(out) as grid:
+        assert grid.format == "PNG" and grid.mode == "RGB"
+        assert grid.height == BREEDS * (SIZE + PADDING) + PADDING
+        assert grid.width > 3 * (SIZE + PADDING) + PADDING  # the images and the breed names
+
+
+def test_sample_is_deterministic_for_a_seed(run_dir: Path, tmp_path: Path):
+    first = _sample(tmp_path, run_dir / "last.ckpt", "a.png", "--breed", "Bengal", "--n", "4")
+    again = _sample(tmp_path, run_dir, "b.png", "--breed", "bengal", "--n", "4")  # the run dir
+    other = _sample(tmp_path, run_dir, "c.png", "--breed", "Bengal", "--n", "4", "--seed", "1")
+    assert first.read_bytes() == again.read_bytes()
+    assert first.read_bytes() != other.read_bytes()
+    with Image.open(first) as grid:
+        assert grid.height == SIZE + 2 * PADDING
+
+
+def test_a_run_dir_skips_a_truncated_newest_checkpoint(run_dir: Path, tmp_path: Path, caplog):
+    copy = shutil.copytree(run_dir, tmp_path / "run")
+    last = copy / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # also makes it the newest file
+    model = load_generator(copy)
+    assert "Skipping unreadable checkpoint" in caplog.text
+    assert model.hparams.arch == "tiny"
+
+
+def _classifier_checkpoint(path: Path) -> Path:
+    """A checkpoint laid out like Lightning's, of the cat classifier."""
+    model = CatClassifier(num_classes=2, backbone="mobilenet_v3_small")
+    hparams = {"_class_path": "tinycats.models.CatClassifier", **model.hparams}
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("problem", "message"),
+    [
+        ("classifier", "checkpoint of CatClassifier, not of the DiT generator"),
+        ("missing", "does not exist"),
+        ("breed", "Unknown breed 'Tabby'. This model knows: all, Abyssinian, Bengal"),
+    ],
+)
+def test_sample_refuses_clearly(run_dir: Path, tmp_path: Path, capsys, problem: str, message: str):
+    ckpt = {
+        "classifier": _classifier_checkpoint(tmp_path / "classifier.ckpt"),
+        "missing": tmp_path / "nope.ckpt",
+        "breed": run_dir,
+    }[problem]
+    with pytest.raises(SystemExit) as stop:
+        _sample(tmp_path, ckpt, "x.png", "--breed", "Tabby" if problem == "breed" else "all")
+    assert stop.value.code == 1
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_sample_help_explains_the_options(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["sample", "--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--ckpt", "--breed", "--n", "--steps", "--cfg", "--seed", "--method", "--out"):
+        assert option in text
+
+
+def test_grid_labels_each_row(tmp_path: Path):
+    images = torch.zeros(6, 3, SIZE, SIZE)  # black images: any dark pixel in the margin is text
+    save_labelled_grid(images, ["Bengal", "Maine_Coon"], tmp_path / "grid.png")
+    with Image.open(tmp_path / "grid.png") as grid:
+        pixels = torch.tensor(list(grid.convert("L").getdata())).view(grid.height, grid.width)
+    assert grid.height == 2 * (SIZE + PADDING) + PADDING
+    margin = grid.width - (3 * (SIZE + PADDING) + PADDING)
+    for row in range(2):
+        top = PADDING + row * (SIZE + PADDING)
+        assert (pixels[top : top + SIZE, :margin] < 128).any(), f"row {row} has no label"
