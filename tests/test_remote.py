@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 REMOTE = REPO / "src/tinycats/remote.py"
 CLASSIFIER_TINY = REPO / "tests/configs/classifier_tiny.yaml"
 DIT_TINY = REPO / "tests/configs/dit_tiny.yaml"
-TIMEOUT = 120
+TIMEOUT = 300
 RUN_DATE = "2026-01-02"
 
 pytestmark = pytest.mark.filterwarnings("ignore:The Runner.* executing locally:UserWarning")
@@ -383,6 +383,7 @@ def test_several_gpus_train_in_a_subprocess_and_commit_when_it_ends(
 
     # Pretend the container has two GPUs, and let Lightning run its DDP on two CPU processes.
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(remote.subprocess, "Popen", BoundedPopen)
     ddp = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
     summary = remote.Runner().fit.local(
         CLASSIFIER_TINY.read_text(), [f"--data.source={pets_sample}", *ddp], "tiny", RUN_DATE
@@ -391,3 +392,15 @@ def test_several_gpus_train_in_a_subprocess_and_commit_when_it_ends(
     assert len(storage.commits.outputs.snapshots) == len(storage.commits.data.snapshots) == 1
     prefix = f"checkpoints/classifier/{RUN_DATE}/tiny/"
     assert {prefix + "last.ckpt", prefix + "summary.json"} <= storage.commits.outputs.snapshots[0]
+
+
+class BoundedPopen(subprocess.Popen):
+    """A Popen whose unbounded wait() gives up after TIMEOUT s: a DDP hang fails, not stalls, the test."""
+
+    def wait(self, timeout: float | None = None) -> int:
+        try:
+            return super().wait(timeout=timeout or TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.kill()  # rank 0; the other rank exits when its peer is gone
+            super().wait()
+            raise
