@@ -23,14 +23,19 @@ from tinycats.models import CatClassifier, DiTGenerator
 REPO = Path(__file__).resolve().parents[1]
 
 
-def fit_seconds(model: L.LightningModule, images: torch.Tensor, steps: int, folder: Path | None) -> tuple[float, int]:
+def fit_seconds(
+    model: L.LightningModule, images: torch.Tensor, steps: int, folder: Path | None
+) -> tuple[float, int]:
     """Seconds per step of a short fit, with or without a checkpoint every step; and commits made."""
     commits = []
     callbacks = [] if folder is None else build_checkpoints(
         CheckpointPolicy(every_n_train_steps=1, keep_last=5), folder, lambda: commits.append(1))  # fmt: skip
     trainer = L.Trainer(max_steps=steps + 1, logger=False, enable_progress_bar=False, enable_model_summary=False,
                         enable_checkpointing=folder is not None, callbacks=callbacks, num_sanity_val_steps=0)  # fmt: skip
-    loader = DataLoader(TensorDataset(images, torch.zeros(len(images), dtype=torch.long)), batch_size=len(images) // (steps + 1))
+    loader = DataLoader(
+        TensorDataset(images, torch.zeros(len(images), dtype=torch.long)),
+        batch_size=len(images) // (steps + 1),
+    )
     start = time.perf_counter()
     trainer.fit(model, loader)
     return (time.perf_counter() - start) / (steps + 1), len(commits)
@@ -49,14 +54,21 @@ def resume_latency(tmp: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=6)
     args = parser.parse_args()
     models = {
         "classifier (resnet18, 64 px, batch 32)": (lambda: CatClassifier(num_classes=2), 64),
-        "DiT S-4-64 (64 px, batch 32)": (lambda: DiTGenerator(num_classes=12, arch="S-4-64", image_size=64), 64),
+        "DiT S-4-64 (64 px, batch 32)": (
+            lambda: DiTGenerator(num_classes=12, arch="S-4-64", image_size=64),
+            64,
+        ),
     }
-    print("| model | params | step s | step + checkpoint s | checkpoint share | commits/checkpoint |")
+    print(
+        "| model | params | step s | step + checkpoint s | checkpoint share | commits/checkpoint |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for name, (build, size) in models.items():
         images = torch.randint(0, 256, (32 * (args.steps + 1), 3, size, size), dtype=torch.uint8)
@@ -67,9 +79,13 @@ def main() -> None:
             saving, commits = fit_seconds(build(), images, args.steps, Path(tmp))
         params = sum(p.numel() for p in build().parameters()) / 1e6
         extra = saving - plain
-        print(f"| {name} | {params:.1f}M | {plain:.3f} | {saving:.3f} | {extra / saving:.0%} | {commits / (args.steps + 1):.1f} |")
+        print(
+            f"| {name} | {params:.1f}M | {plain:.3f} | {saving:.3f} | {extra / saving:.0%} | {commits / (args.steps + 1):.1f} |"
+        )
     with tempfile.TemporaryDirectory() as tmp:
-        print(f"\nResume latency (process start → resumed, one step, exit; tiny classifier): {resume_latency(Path(tmp)):.1f} s")
+        print(
+            f"\nResume latency (process start → resumed, one step, exit; tiny classifier): {resume_latency(Path(tmp)):.1f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ def images_per_second(batches, augment) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=64)
@@ -48,7 +50,9 @@ def main() -> None:
             generator = step_generator(0, step)
             return random_flip(random_resized_crop(to_unit_range(images), generator), generator)
 
-        cached = max(images_per_second(data.train_dataloader(), cached_augment) for _ in range(args.epochs))
+        cached = max(
+            images_per_second(data.train_dataloader(), cached_augment) for _ in range(args.epochs)
+        )
 
         folder = Path(tmp) / "imagefolder"
         for photo in args.sample.glob("*.jpg"):
@@ -57,10 +61,18 @@ def main() -> None:
             (folder / label / photo.name).symlink_to(photo)
         transform = v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(args.size, scale=(0.5, 1.0), antialias=True),
                                 v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True)])  # fmt: skip
-        plain = DataLoader(datasets.ImageFolder(str(folder), transform=transform), batch_size=args.batch, shuffle=True)
-        decoded = max(images_per_second(plain, lambda images, _: images) for _ in range(args.epochs))
+        plain = DataLoader(
+            datasets.ImageFolder(str(folder), transform=transform),
+            batch_size=args.batch,
+            shuffle=True,
+        )
+        decoded = max(
+            images_per_second(plain, lambda images, _: images) for _ in range(args.epochs)
+        )
 
-    print(f"| pipeline ({len(data.datasets['train'])} photos, {args.size} px, batch {args.batch}) | images/s |")
+    print(
+        f"| pipeline ({len(data.datasets['train'])} photos, {args.size} px, batch {args.batch}) | images/s |"
+    )
     print("|---|---:|")
     print(f"| ImageFolder + JPEG decode + torchvision transforms | {decoded:,.0f} |")
     print(f"| tinycats uint8 cache + batch augmentation | {cached:,.0f} |")

@@ -22,9 +22,17 @@ def stripes(folder: Path, per_class: int = 60, size: int = 32) -> None:
         for i in range(per_class):
             period = int(torch.randint(3, 8, (1,), generator=generator))
             wave = (torch.arange(size) // period % 2).float()
-            pattern = wave[:, None].expand(size, size) if label == "horizontal" else wave[None, :].expand(size, size)
+            pattern = (
+                wave[:, None].expand(size, size)
+                if label == "horizontal"
+                else wave[None, :].expand(size, size)
+            )
             colours = torch.rand(2, 3, 1, 1, generator=generator)
-            image = colours[0] * pattern + colours[1] * (1 - pattern) + 0.1 * torch.randn(3, size, size, generator=generator)
+            image = (
+                colours[0] * pattern
+                + colours[1] * (1 - pattern)
+                + 0.1 * torch.randn(3, size, size, generator=generator)
+            )
             pixels = (image.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
             Image.fromarray(pixels).save(folder / label / f"{i}.png")
 
@@ -46,7 +54,9 @@ def test_classifier_learns_a_visible_class_far_above_chance(tmp_path: Path) -> N
     assert summary["metrics"]["val/acc"] >= 0.9  # chance is 0.5
 
 
-def test_readme_main_job_beats_the_majority_class_on_real_photos(tmp_path: Path, pets_sample: Path) -> None:
+def test_readme_main_job_beats_the_majority_class_on_real_photos(
+    tmp_path: Path, pets_sample: Path
+) -> None:
     summary = fit(tmp_path, "configs/classifier_sample.yaml", f"--data.source={pets_sample}")
     majority = 60 / 89  # the validation split holds 29 cats and 60 dogs
     assert summary["metrics"]["val/acc"] > majority + 0.03

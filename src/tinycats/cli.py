@@ -30,6 +30,7 @@ Train and use the tinycats models from one YAML config:
   tinycats sample --help                          draw cats with a trained TinyDiT
 """
 
+EXIT_USAGE = 2  # like a config error: it fails the same way every time, so don't retry it
 EXIT_INTERRUPTED = 143  # like a process stopped by SIGTERM: a retry should continue the run
 
 
@@ -78,9 +79,7 @@ class TinyCatsCLI(LightningCLI):
             newest = newest_run(model_dir(spec, self.model_group))
             if newest is not None:
                 spec.date, spec.name = newest.parent.name, newest.name
-        if not spec.date:
-            spec.date = dt.date.today().isoformat()  # fixed now, at launch
-        self.run = resolve_run_dir(spec, self.model_group)
+        self.run = resolve_run_dir(spec, self.model_group)  # an empty date is today: fixed now
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         self.datamodule.commit = self.commit_data
@@ -153,7 +152,7 @@ def run_cli(
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``tinycats`` console script."""
     argv = sys.argv[1:] if argv is None else argv
-    _show_our_logs()
+    show_logs()
     try:
         if argv[:1] == ["sample"]:
             from tinycats.sample import main as sample_main
@@ -163,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
             run_cli(argv if argv is not sys.argv[1:] else None)
     except TinyCatsError as err:
         print(f"tinycats: error: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise SystemExit(EXIT_USAGE) from None
 
 
 def _model_group(class_path: str) -> str:
@@ -178,7 +177,8 @@ def _format_metrics(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.4f}" for k, v in (shown or metrics).items()) or "no metrics"
 
 
-def _show_our_logs() -> None:
+def show_logs() -> None:
+    """Print tinycats' INFO messages ("Resuming from ...") on stderr, once per process."""
     logger = logging.getLogger("tinycats")
     if not logger.handlers:
         handler = logging.StreamHandler()

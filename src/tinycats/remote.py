@@ -14,6 +14,8 @@ seconds to import, and only the container needs them.
 
 import ast
 import datetime as dt
+import json
+import logging
 import os
 import re
 import shlex
@@ -172,9 +174,9 @@ class Runner:
         """Import the training stack and initialise CUDA before the first input arrives."""
         import torch
 
-        import tinycats.cli  # noqa: F401  (torch, Lightning, torchvision, our models and data)
+        from tinycats.cli import show_logs  # torch, Lightning, torchvision, our models and data
 
-        _show_tinycats_logs()
+        show_logs()
         torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them
         self.gpus = torch.cuda.device_count()
         if self.gpus == 1:
@@ -252,18 +254,6 @@ def _refusal(error: str) -> dict[str, Any]:
     return {"status": "refused", "error": error}
 
 
-def _show_tinycats_logs() -> None:
-    """Print tinycats' INFO messages ("Resuming from ...") in the container log, as the CLI does."""
-    import logging
-
-    logger = logging.getLogger("tinycats")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s tinycats: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-
-
 def _warm_up_cuda(torch: Any) -> None:
     """Create the CUDA context and load cuBLAS and cuDNN now, so the first step does not wait."""
     images = torch.randn(8, 3, 64, 64, device="cuda")
@@ -307,9 +297,7 @@ def _fit_in_subprocess(args: list[str], run_name: str, run_date: str) -> dict[st
 
 
 def _finished_summary(outputs: Path, run_name: str, run_date: str) -> dict[str, Any]:
-    """The summary the finished run left (its model folder is the one level we do not know)."""
-    import json
-
+    """The summary the run left; its model folder is not known here (the newest wins a tie)."""
     found = sorted(outputs.glob(f"checkpoints/*/{run_date}/{run_name}/summary.json"),
                    key=lambda path: path.stat().st_mtime_ns)  # fmt: skip
     if not found:

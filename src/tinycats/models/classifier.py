@@ -130,16 +130,13 @@ class CatClassifier(L.LightningModule):
 
     def _write_confusion(self, stage: str, confusion: MulticlassConfusionMatrix) -> None:
         """Save the epoch's confusion matrix (rows: true class) as JSON beside the run's logs."""
-        matrix = confusion.compute().tolist()
+        matrix = confusion.compute().tolist()  # collective under DDP: every rank computes
         confusion.reset()
-        if (
-            self.trainer.sanity_checking
-            or not self.trainer.is_global_zero
-            or not self.trainer.log_dir
-        ):
+        log_dir = self.trainer.log_dir  # also collective (a broadcast), so before the rank check
+        if self.trainer.sanity_checking or not self.trainer.is_global_zero or not log_dir:
             return
         names = self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)]
-        path = Path(self.trainer.log_dir) / f"confusion_{stage}.json"
+        path = Path(log_dir) / f"confusion_{stage}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"classes": list(names), "matrix": matrix}, indent=1))
 

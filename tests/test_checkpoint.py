@@ -1,0 +1,115 @@
+"""VolumeCheckpoint: what is kept, when the volume is committed, and which rank commits."""
+
+import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.demos.boring_classes import BoringModel
+
+from tinycats.checkpoint import CheckpointPolicy, build_checkpoints
+from tinycats.cli import run_cli
+from tinycats.run import RunSpec, resolve_run_dir
+
+TINY = "tests/configs/classifier_tiny.yaml"
+
+
+class CountingCommit:
+    """A stand-in for a volume commit that records the files present at each call."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.snapshots: list[set[str]] = []
+
+    def __call__(self) -> None:
+        self.snapshots.append({p.name for p in self.folder.iterdir()})
+
+
+def test_keeps_the_newest_five_and_commits_after_every_save_and_prune(tmp_path: Path) -> None:
+    commit = CountingCommit(tmp_path)
+    callbacks = build_checkpoints(
+        CheckpointPolicy(every_n_train_steps=1, keep_last=5), tmp_path, commit
+    )
+    trainer = L.Trainer(max_steps=12, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=callbacks, limit_val_batches=0)  # fmt: skip
+    trainer.fit(BoringModel())
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["last.ckpt", *(f"step={s:08d}.ckpt" for s in range(8, 13))]
+    saves, prunes = 12 + 12, 12 - 5  # a step file and last.ckpt per step; a prune from step 6 on
+    assert len(commit.snapshots) == saves + prunes
+    assert all(not any(n.endswith(".partial") for n in snapshot) for snapshot in commit.snapshots)
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 12
+
+
+def test_an_empty_run_date_is_today_and_an_explicit_one_survives_midnight(tmp_path: Path) -> None:
+    spec = RunSpec(outputs=str(tmp_path), name="a")
+    first = resolve_run_dir(spec, "classifier", today=dt.date(2026, 5, 1))
+    assert first.path == tmp_path / "checkpoints/classifier/2026-05-01/a"
+    retried = resolve_run_dir(RunSpec(outputs=str(tmp_path), name="a", date="2026-05-01"), "classifier",
+                              today=dt.date(2026, 5, 2))  # fmt: skip
+    assert retried.path == first.path
+
+
+@pytest.mark.parametrize("field", ["name", "date"])
+def test_run_identity_rejects_unsafe_values(tmp_path: Path, field: str) -> None:
+    from tinycats.errors import TinyCatsError
+
+    with pytest.raises(TinyCatsError, match=f"run.{field}"):
+        resolve_run_dir(RunSpec(outputs=str(tmp_path), **{field: "../escape"}), "classifier")
+
+
+def test_pruning_continues_in_the_same_directory_after_a_date_change(
+    tmp_path: Path, pets_sample: Path, monkeypatch
+) -> None:
+    args = ["fit", "-c", TINY, f"--run.outputs={tmp_path}", f"--data.root={tmp_path / 'data'}",
+            f"--data.source={pets_sample}", "--checkpoint.every_n_train_steps=1", "--trainer.limit_val_batches=0"]  # fmt: skip
+
+    class Clock(dt.date):
+        now = dt.date(2026, 5, 1)
+
+        @classmethod
+        def today(cls) -> dt.date:
+            return cls.now
+
+    monkeypatch.setattr("tinycats.run.dt.date", Clock)
+    commits: list[int] = []
+    with pytest.raises(SystemExit):  # stopped as a preempted run is, after step 4
+        run_cli([*args, "--trainer.max_steps=8", "--trainer.callbacks+=tests.helpers.stop.StopAtStep",
+                 "--trainer.callbacks.step=4"], commit_outputs=lambda: commits.append(1))  # fmt: skip
+    run = tmp_path / "checkpoints/classifier/2026-05-01/tiny"
+    assert sorted(p.name for p in run.glob("*.ckpt"))[-1] == "step=00000004.ckpt"
+    Clock.now = dt.date(
+        2026, 5, 2
+    )  # the retry starts after midnight, with the date fixed at launch
+    summary = run_cli(
+        [*args, "--trainer.max_steps=8", "--run.date=2026-05-01"],
+        commit_outputs=lambda: commits.append(1),
+    )
+    assert summary["global_step"] == 8 and summary["run_dir"] == str(run)
+    assert not (tmp_path / "checkpoints/classifier/2026-05-02").exists()
+    assert sorted(p.name for p in run.glob("*.ckpt")) == [
+        "last.ckpt",
+        *(f"step={s:08d}.ckpt" for s in range(4, 9)),
+    ]
+    assert len(commits) == 8 * 2 + 3 + 1  # step file + last per step, 3 prunes, the summary
+
+
+@pytest.mark.slow
+def test_two_process_ddp_trains_and_only_rank_zero_commits(
+    tmp_path: Path, pets_sample: Path
+) -> None:
+    record = tmp_path / "commits.txt"
+    done = subprocess.run(
+        [sys.executable, "tests/helpers/ddp_commits.py", str(record), "--", "-c", TINY,
+         f"--run.outputs={tmp_path}", f"--data.root={tmp_path / 'data'}", f"--data.source={pets_sample}",
+         "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.max_steps=4"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = record.read_text().split()
+    assert ranks and set(ranks) == {"0"}
+    last = next(tmp_path.rglob("last.ckpt"))
+    assert torch.load(last, weights_only=False)["global_step"] == 4
