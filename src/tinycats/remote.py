@@ -15,7 +15,6 @@ seconds to import, and only the container needs them.
 import ast
 import datetime as dt
 import json
-import logging
 import os
 import re
 import shlex
