@@ -5,6 +5,7 @@ import datetime as dt
 import importlib
 import logging
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,9 @@ Train and use the tinycats models from one YAML config:
   tinycats predict -c configs/classifier.yaml --ckpt_path PATH --data.predict_paths '[a.jpg]'
   tinycats sample --help                          draw cats with a trained TinyDiT
 """
+
+# Commands beside LightningCLI's: name → module with ``main(argv)``.
+TOOLS = {"sample": "tinycats.sample"}
 
 EXIT_USAGE = 2  # like a config error: it fails the same way every time, so don't retry it
 EXIT_INTERRUPTED = 143  # like a process stopped by SIGTERM: a retry should continue the run
@@ -145,7 +149,11 @@ def run_cli(
     commit_data: Callable[[], None] = no_commit,
 ) -> dict[str, Any] | None:
     """Run one ``tinycats`` LightningCLI command; returns the run summary after ``fit``."""
-    cli = TinyCatsCLI(args=args, commit_outputs=commit_outputs, commit_data=commit_data)
+    with warnings.catch_warnings():
+        # Continuing a run reuses its directory on purpose; and ``args`` is how we call it.
+        warnings.filterwarnings("ignore", message=".*exists and is not empty")
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = TinyCatsCLI(args=args, commit_outputs=commit_outputs, commit_data=commit_data)
     return cli.summary
 
 
@@ -154,12 +162,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     show_logs()
     try:
-        if argv[:1] == ["sample"]:
-            from tinycats.sample import main as sample_main
-
-            sample_main(argv[1:])
+        if argv[:1] and argv[0] in TOOLS:
+            importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
         else:
-            run_cli(argv if argv is not sys.argv[1:] else None)
+            run_cli(argv)
     except TinyCatsError as err:
         print(f"tinycats: error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
