@@ -77,7 +77,7 @@ def test_pruning_continues_in_the_same_directory_after_a_date_change(
     monkeypatch.setattr("tinycats.run.dt.date", Clock)
     commits: list[int] = []
     with pytest.raises(SystemExit):  # stopped as a preempted run is, after step 4
-        run_cli([*args, "--trainer.max_steps=8", "--trainer.callbacks+=tests.helpers.stop.StopAtStep",
+        run_cli([*args, "--trainer.max_steps=8", "--trainer.callbacks+=helpers.stop.StopAtStep",
                  "--trainer.callbacks.step=4"], commit_outputs=lambda: commits.append(1))  # fmt: skip
     run = tmp_path / "checkpoints/classifier/2026-05-01/tiny"
     assert sorted(p.name for p in run.glob("*.ckpt"))[-1] == "step=00000004.ckpt"

@@ -1,19 +1,20 @@
 """PetsDataModule: download → verify → cache → seeded split → loaders, for both models."""
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import Dataset, Sampler, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from tinycats.data.cache import load_or_build_cache
 from tinycats.data.catalog import Catalog, LabelMode, build_catalog, class_names_for
 from tinycats.data.download import OXFORD_PETS_ARCHIVES, OXFORD_PETS_URL, ensure_oxford_pets
 from tinycats.data.images import UnreadableImage, load_square
-from tinycats.data.sampler import EpochShuffle
+from tinycats.data.sampler import EpochBatches
 from tinycats.data.split import stratified_split
 from tinycats.errors import TinyCatsError
 
@@ -34,7 +35,10 @@ class PetsDataModule(L.LightningDataModule):
         batch_size: images per training batch (per device).
         split: train, val, test fractions of every class.
         seed: seed of the split and of the training order.
-        num_workers: DataLoader worker processes (0 keeps everything in the main process).
+        num_workers: DataLoader worker processes; null: none on a CPU, one per core (up to 8)
+            on a GPU machine. Unused when the images live on the GPU.
+        on_device: keep the uint8 images on the GPU when training on one and they fit in a
+            quarter of its free memory: no workers, no host-to-device copies.
         base_url: where the Oxford-IIIT Pet archives are downloaded from.
         checksums: MD5 of each archive; override only for a mirror with other archives.
         predict_paths: image files for ``tinycats predict``.
@@ -49,7 +53,8 @@ class PetsDataModule(L.LightningDataModule):
         batch_size: int = 64,
         split: tuple[float, float, float] = (0.8, 0.1, 0.1),
         seed: int = 0,
-        num_workers: int = 0,
+        num_workers: int | None = None,
+        on_device: bool = True,
         base_url: str = OXFORD_PETS_URL,
         checksums: dict[str, str] | None = None,
         predict_paths: list[str] | None = None,
@@ -79,8 +84,11 @@ class PetsDataModule(L.LightningDataModule):
         cache = load_or_build_cache(catalog.paths, self.hparams.image_size, self._cache_dir)
         targets = torch.tensor([catalog.targets[i] for i in cache.kept])
         parts = stratified_split(targets.tolist(), tuple(self.hparams.split), self.hparams.seed)
+        device = self._device(cache.images.numel())
         for name, indices in zip(("train", "val", "test"), parts, strict=True):
-            self.datasets[name] = TensorDataset(cache.images[indices], targets[indices])
+            self.datasets[name] = TensorDataset(
+                cache.images[indices].to(device), targets[indices].to(device)
+            )
         log.info(
             "%s: %d train / %d val / %d test images, %d classes (%s)",
             self.hparams.labels, *(len(part) for part in parts), self.num_classes,
@@ -88,10 +96,7 @@ class PetsDataModule(L.LightningDataModule):
         )  # fmt: skip
 
     def train_dataloader(self) -> StatefulDataLoader:
-        # A stateful loader over an epoch-seeded order: a resumed run continues mid-epoch with
-        # exactly the batches the uninterrupted run would have seen.
-        sampler = EpochShuffle(len(self.datasets["train"]), self.hparams.seed)
-        return self._loader("train", sampler=sampler)
+        return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> StatefulDataLoader:
         return self._loader("val")
@@ -135,13 +140,32 @@ class PetsDataModule(L.LightningDataModule):
                                 + "; ".join(problems))  # fmt: skip
         return TensorDataset(torch.stack(images), torch.full((len(images),), -1))
 
-    def _loader(self, split: str, sampler: Sampler | None = None) -> StatefulDataLoader:
-        workers = self.hparams.num_workers
+    def _loader(self, split: str, shuffle: bool = False) -> StatefulDataLoader:
+        # A stateful loader (Lightning checkpoints its position) over epoch-seeded batches: a
+        # resumed run continues mid-epoch with exactly the batches it would have seen.
+        dataset = self.datasets[split]
+        batches = EpochBatches(len(dataset), self.hparams.batch_size, self.hparams.seed, shuffle)
+        on_device = dataset.tensors[0].device.type != "cpu"
+        workers = 0 if on_device else self._workers()
         return StatefulDataLoader(
-            self.datasets[split],
-            batch_size=self.hparams.batch_size,
-            sampler=sampler,
+            dataset,
+            sampler=batches,
+            batch_size=None,  # the sampler yields whole batches
             num_workers=workers,
             persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available(),
+            pin_memory=torch.cuda.is_available() and not on_device,
         )
+
+    def _workers(self) -> int:
+        """Worker processes: as configured, or on a GPU machine one per core up to 8."""
+        if self.hparams.num_workers is not None:
+            return self.hparams.num_workers
+        return min(os.cpu_count() or 1, 8) if torch.cuda.is_available() else 0
+
+    def _device(self, nbytes: int) -> torch.device:
+        """Where the images live: the GPU when ``on_device`` and they fit in a quarter of it."""
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        if not self.hparams.on_device or device.type != "cuda":
+            return torch.device("cpu")
+        free, _ = torch.cuda.mem_get_info(device)
+        return device if nbytes <= free // 4 else torch.device("cpu")
