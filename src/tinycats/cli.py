@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tinycats.checkpoint import CheckpointPolicy, build_checkpoints, no_commit
 from tinycats.data import PetsDataModule
 from tinycats.errors import TinyCatsError
+from tinycats.performance import allow_tf32, auto_precision
 from tinycats.predictions import PrintPredictions
 from tinycats.resume import newest_run, resolve_resume
 from tinycats.run import RunSpec, model_dir, resolve_run_dir
@@ -64,6 +65,10 @@ class TinyCatsCLI(LightningCLI):
         parser.add_class_arguments(RunSpec, "run")
         parser.add_class_arguments(CheckpointPolicy, "checkpoint")
         parser.add_argument(
+            "--tf32", type=bool, default=True,
+            help="allow TF32 matmuls on GPUs (trainer.precision unset means bf16-mixed on GPUs).",
+        )  # fmt: skip
+        parser.add_argument(
             "--resume", default="auto",
             help="fit only: auto (continue this run if it has a checkpoint), latest (the newest "
             "run of this model), never (start fresh), or a checkpoint path.",
@@ -90,7 +95,9 @@ class TinyCatsCLI(LightningCLI):
         config = self.config_init[self.subcommand]
         self.checkpoints = build_checkpoints(config.checkpoint, self.run.path, self.commit_outputs)
         extra = [PrintPredictions()] if self.subcommand == "predict" else []
+        allow_tf32(config.tf32)
         return super().instantiate_trainer(
+            precision=auto_precision(config.trainer.precision),
             default_root_dir=str(self.run.path),
             logger=CSVLogger(self.run.path, name="", version=""),
             callbacks=[*(config.trainer.callbacks or []), *self.checkpoints, *extra],

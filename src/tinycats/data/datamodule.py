@@ -37,8 +37,8 @@ class PetsDataModule(L.LightningDataModule):
         seed: seed of the split and of the training order.
         num_workers: DataLoader worker processes; null: none on a CPU, one per core (up to 8)
             on a GPU machine. Unused when the images live on the GPU.
-        on_device: keep the uint8 images on the GPU when training on one and they fit in a
-            quarter of its free memory: no workers, no host-to-device copies.
+        on_device: keep the uint8 images on the training device (on a GPU: when they fit in a
+            quarter of its free memory): no workers, no host-to-device copies.
         base_url: where the Oxford-IIIT Pet archives are downloaded from.
         checksums: MD5 of each archive; override only for a mirror with other archives.
         predict_paths: image files for ``tinycats predict``.
@@ -64,6 +64,7 @@ class PetsDataModule(L.LightningDataModule):
         self.class_names = class_names_for(labels, None if source == OXFORD_PETS else Path(source))
         self.commit: Callable[[], None] = lambda: None
         self.datasets: dict[str, Dataset] = {}
+        self.images_on_device = False
 
     @property
     def num_classes(self) -> int:
@@ -84,7 +85,9 @@ class PetsDataModule(L.LightningDataModule):
         cache = load_or_build_cache(catalog.paths, self.hparams.image_size, self._cache_dir)
         targets = torch.tensor([catalog.targets[i] for i in cache.kept])
         parts = stratified_split(targets.tolist(), tuple(self.hparams.split), self.hparams.seed)
-        device = self._device(cache.images.numel())
+        root = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        self.images_on_device = self.hparams.on_device and self._fits(root, cache.images.numel())
+        device = root if self.images_on_device else torch.device("cpu")
         for name, indices in zip(("train", "val", "test"), parts, strict=True):
             self.datasets[name] = TensorDataset(
                 cache.images[indices].to(device), targets[indices].to(device)
@@ -145,7 +148,7 @@ class PetsDataModule(L.LightningDataModule):
         # resumed run continues mid-epoch with exactly the batches it would have seen.
         dataset = self.datasets[split]
         batches = EpochBatches(len(dataset), self.hparams.batch_size, self.hparams.seed, shuffle)
-        on_device = dataset.tensors[0].device.type != "cpu"
+        on_device = split != "predict" and self.images_on_device
         workers = 0 if on_device else self._workers()
         return StatefulDataLoader(
             dataset,
@@ -162,10 +165,9 @@ class PetsDataModule(L.LightningDataModule):
             return self.hparams.num_workers
         return min(os.cpu_count() or 1, 8) if torch.cuda.is_available() else 0
 
-    def _device(self, nbytes: int) -> torch.device:
-        """Where the images live: the GPU when ``on_device`` and they fit in a quarter of it."""
-        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-        if not self.hparams.on_device or device.type != "cuda":
-            return torch.device("cpu")
-        free, _ = torch.cuda.mem_get_info(device)
-        return device if nbytes <= free // 4 else torch.device("cpu")
+    def _fits(self, device: torch.device, nbytes: int) -> bool:
+        """Whether the images fit on ``device``: on a GPU, in a quarter of its free memory."""
+        if device.type != "cuda" or nbytes <= torch.cuda.mem_get_info(device)[0] // 4:
+            return True
+        log.info("The images (%.1f GB) stay in host memory: too big for %s.", nbytes / 1e9, device)
+        return False

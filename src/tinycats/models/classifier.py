@@ -16,7 +16,9 @@ from torchmetrics.classification import (
 )
 
 from tinycats.augment import color_jitter, random_flip, random_resized_crop, to_unit_range
+from tinycats.evaluation.report import write_report
 from tinycats.lr_schedule import warmup_cosine
+from tinycats.performance import CompiledOrEager
 from tinycats.randomness import step_generator
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -38,6 +40,8 @@ class CatClassifier(L.LightningModule):
         label_smoothing: cross-entropy label smoothing.
         augment: random crop, flip and colour jitter on training batches.
         seed: seed of the augmentation draws.
+        channels_last: NHWC memory layout for the CNN; null means on GPUs only.
+        compile: run the network through ``torch.compile`` (eager if compiling fails).
     """
 
     run_group = "classifier"
@@ -54,6 +58,8 @@ class CatClassifier(L.LightningModule):
         label_smoothing: float = 0.1,
         augment: bool = True,
         seed: int = 0,
+        channels_last: bool | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -66,14 +72,28 @@ class CatClassifier(L.LightningModule):
             "acc": MulticlassAccuracy(num_classes, average="micro"),
             "f1": MulticlassF1Score(num_classes, average="macro"),
         })  # fmt: skip
+        self._channels_last = False  # both decided in configure_model, once the device is known
+        self._compiled: CompiledOrEager | None = None
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         self.val_confusion = MulticlassConfusionMatrix(num_classes)
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
 
+    def configure_model(self) -> None:
+        # The strategy knows the device before the module has moved there.
+        device = self.trainer.strategy.root_device.type
+        wanted = self.hparams.channels_last
+        self._channels_last = device == "cuda" if wanted is None else wanted
+        if self._channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self._compiled = CompiledOrEager(self.net) if self.hparams.compile else None
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of float images in ``[0, 1]``."""
-        return self.net((images - self.mean) / self.std)
+        images = (images - self.mean) / self.std
+        if self._channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return (self._compiled or self.net)(images)
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
@@ -129,7 +149,8 @@ class CatClassifier(L.LightningModule):
         self.log_dict(metrics, prog_bar=True)
 
     def _write_confusion(self, stage: str, confusion: MulticlassConfusionMatrix) -> None:
-        """Save the epoch's confusion matrix (rows: true class) as JSON beside the run's logs."""
+        """Save the epoch's confusion matrix (rows: true class) as JSON beside the run's logs, and
+        after a test also the report (``report_test.json``, ``confusion_test.png``)."""
         matrix = confusion.compute().tolist()  # collective under DDP: every rank computes
         confusion.reset()
         log_dir = self.trainer.log_dir  # also collective (a broadcast), so before the rank check
@@ -139,6 +160,9 @@ class CatClassifier(L.LightningModule):
         path = Path(log_dir) / f"confusion_{stage}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"classes": list(names), "matrix": matrix}, indent=1))
+        # Only the test gets the full report: validation would redraw the picture every epoch.
+        if stage == "test" and sum(map(sum, matrix)):
+            write_report(torch.tensor(matrix), names, Path(log_dir), stage)
 
 
 def _with_new_head(net: nn.Module, num_classes: int) -> nn.Module:

@@ -1,0 +1,95 @@
+"""The GPU fast paths, exercised on the CPU: each gives the plain path's loss on a fixed batch."""
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tinycats.data import PetsDataModule
+from tinycats.models import CatClassifier
+from tinycats.performance import CompiledOrEager, auto_precision
+
+
+@pytest.fixture(scope="module")
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(8, 3, 32, 32, generator=generator), torch.randint(
+        0, 2, (8,), generator=generator
+    )
+
+
+def classifier(**options) -> CatClassifier:
+    torch.manual_seed(0)
+    model = CatClassifier(num_classes=2, **options)
+    model.trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    model.configure_model()
+    return model.eval()
+
+
+def loss_of(model: CatClassifier, batch) -> torch.Tensor:
+    images, targets = batch
+    return F.cross_entropy(model(images), targets)
+
+
+def test_bf16_autocast_gives_the_float32_loss_within_tolerance(batch) -> None:
+    model = classifier()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = loss_of(model, batch)
+    assert torch.allclose(low.float(), loss_of(model, batch), rtol=0.03)
+
+
+def test_precision_is_bf16_on_gpus_that_have_it_unless_set(monkeypatch) -> None:
+    assert auto_precision(None) is None  # this CPU: Lightning's default, 32-true
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert auto_precision(None) == "bf16-mixed"
+    assert auto_precision("32-true") == "32-true"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert auto_precision(None) is None
+
+
+def test_channels_last_gives_the_same_loss(batch) -> None:
+    plain, nhwc = classifier(channels_last=False), classifier(channels_last=True)
+    assert nhwc.net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(loss_of(nhwc, batch), loss_of(plain, batch), atol=1e-5)
+
+
+def test_a_failing_compile_falls_back_to_eager_once(batch, monkeypatch, caplog) -> None:
+    calls = []
+
+    def broken_compile(module):
+        def run(*args):
+            calls.append(1)
+            raise RuntimeError("no compiler here")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    compiled, plain = classifier(compile=True), classifier()
+    assert isinstance(compiled._compiled, CompiledOrEager)
+    with caplog.at_level(logging.WARNING, logger="tinycats"):
+        first, second = loss_of(compiled, batch), loss_of(compiled, batch)
+    assert torch.allclose(first, loss_of(plain, batch)) and torch.equal(first, second)
+    assert len(calls) == 1 and "running eagerly" in caplog.text
+    assert compiled.state_dict().keys() == plain.state_dict().keys()
+
+
+def test_images_on_the_device_give_the_same_batches_as_worker_loading(
+    tmp_path: Path, pets_sample: Path
+) -> None:
+    def first_batches(**options) -> tuple[list[torch.Tensor], PetsDataModule]:
+        data = PetsDataModule(
+            root=str(tmp_path), source=str(pets_sample), image_size=16, batch_size=32, **options
+        )
+        data.prepare_data()
+        data.setup("fit")
+        return [images for images, _ in data.train_dataloader()][:3], data
+
+    on_device, data = first_batches(on_device=True)
+    assert data.images_on_device and data.train_dataloader().num_workers == 0
+    with_workers, data = first_batches(on_device=False, num_workers=1)
+    assert not data.images_on_device and data.train_dataloader().num_workers == 1
+    assert all(torch.equal(a, b) for a, b in zip(on_device, with_workers, strict=True))
