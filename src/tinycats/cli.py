@@ -33,7 +33,11 @@ Train and use the tinycats models from one YAML config:
 """
 
 # Commands beside LightningCLI's: name → module with ``main(argv)``.
-TOOLS = {"sample": "tinycats.sample"}
+TOOLS = {
+    "sample": "tinycats.sample",
+    "evaluate-generator": "tinycats.evaluate_generator",
+    "export": "tinycats.export",
+}
 
 EXIT_USAGE = 2  # like a config error: it fails the same way every time, so don't retry it
 EXIT_INTERRUPTED = 143  # like a process stopped by SIGTERM: a retry should continue the run
@@ -82,6 +86,9 @@ class TinyCatsCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
+        model_args = config.model.init_args
+        if "image_size" in model_args and model_args.image_size is None:
+            model_args.image_size = config.data.image_size  # a DiT is built for the data's size
         spec = RunSpec(**vars(config.run))
         self.model_group = _model_group(config.model.class_path)
         if self.subcommand == "fit" and config.resume == "latest":
