@@ -42,36 +42,42 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
 
+    rows = []  # (arch, params, FLOP per step, loop, seconds per step, raw loop's seconds)
     peak = matmul_peak(device)
-    name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{name}: measured fp32 matmul peak {peak / 1e12:.3f} TFLOP/s\n")
-    print(f"{'arch':<12} {'params':>7} {'batch':>5} {'GFLOP/step':>10}  {'loop':<18} "
-          f"{'img/s':>8} {'TFLOP/s':>8} {'% peak':>7} {'vs raw':>7}")  # fmt: skip
     for arch in args.archs.split(","):
-        images = torch.randint(0, 256, (args.batch * (args.warmup + args.steps + 1), 3,
-                               DIT_CONFIGS[arch]["image_size"], DIT_CONFIGS[arch]["image_size"]),
-                               dtype=torch.uint8)  # fmt: skip
-        labels = torch.randint(0, NUM_CLASSES, (images.shape[0],))
+        size = DIT_CONFIGS[arch]["image_size"]
+        count = args.batch * (args.warmup + args.steps + 1)
+        images = torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8)
+        labels = torch.randint(0, NUM_CLASSES, (count,))
         flops = step_flops(arch, images[: args.batch], labels[: args.batch], device)
         params = sum(p.numel() for p in build_dit(arch, num_classes=NUM_CLASSES).parameters())
-        raw = None
-        for loop, seconds in (
-            ("raw PyTorch", raw_loop(arch, images, labels, args, device)),
-            ("Lightning", lightning_loop(arch, images, labels, args, ema=False)),
-            ("Lightning + EMA", lightning_loop(arch, images, labels, args, ema=True)),
-        ):
-            raw = raw or seconds
-            print(f"{arch:<12} {params / 1e6:>6.1f}M {args.batch:>5} {flops / 1e9:>10.2f}  "
-                  f"{loop:<18} {args.batch / seconds:>8.1f} {flops / seconds / 1e12:>8.4f} "
-                  f"{100 * flops / seconds / peak:>6.1f}% {100 * (seconds / raw - 1):>+6.1f}%")  # fmt: skip
+        raw = raw_loop(arch, images, labels, args, device)
+        rows.append((arch, params, flops, "raw PyTorch", raw, raw))
+        for ema in (False, True):
+            seconds = lightning_loop(arch, images, labels, args, ema)
+            rows.append(
+                (arch, params, flops, "Lightning + EMA" if ema else "Lightning", seconds, raw)
+            )
+    # Other work on a shared machine only ever lowers a measurement: keep the better of two.
+    peak = max(peak, matmul_peak(device))
+
+    name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{name}: measured fp32 matmul peak {peak / 1e12:.3f} TFLOP/s\n")
+    print(f"{'arch':<12} {'params':>7} {'batch':>5} {'GFLOP/step':>10}  {'loop':<16} "
+          f"{'ms/step':>8} {'img/s':>8} {'TFLOP/s':>8} {'% peak':>7} {'vs raw':>7}")  # fmt: skip
+    for arch, params, flops, loop, seconds, raw in rows:
+        print(f"{arch:<12} {params / 1e6:>6.1f}M {args.batch:>5} {flops / 1e9:>10.2f}  "
+              f"{loop:<16} {1000 * seconds:>8.1f} {args.batch / seconds:>8.1f} "
+              f"{flops / seconds / 1e12:>8.4f} {100 * flops / seconds / peak:>6.1f}% "
+              f"{100 * (seconds / raw - 1):>+6.1f}%")  # fmt: skip
 
 
 def matmul_peak(device: torch.device) -> float:
-    """FLOP/s of the best of a few big square fp32 matmuls."""
+    """FLOP/s of the fastest of ten big square fp32 matmuls."""
     n = 8192 if device.type == "cuda" else 2048
     a, b = (torch.randn(n, n, device=device) for _ in range(2))
     best = float("inf")
-    for _ in range(5):
+    for _ in range(10):
         _sync(device)
         start = time.perf_counter()
         a @ b

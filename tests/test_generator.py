@@ -105,9 +105,9 @@ def test_validation_loss_is_fixed_and_starts_at_the_zero_predictor_baseline(tmp_
 
 
 def test_ema_weights_and_lr_schedule_survive_save_and_resume_exactly(tmp_path: Path):
-    # 36 training images in batches of 4: steps 0-8 are one epoch, so the resume at step 3 is
-    # mid-epoch; validation every 2 steps swaps the EMA in and out on the way.
-    data = _datamodule(tmp_path, classes=3, per_class=16, batch_size=4)
+    # 18 training images in batches of 4, 5 steps an epoch: the run resumes at step 3, mid-epoch,
+    # and goes on into the next epoch; validation every 2 steps swaps the EMA in and out.
+    data = _datamodule(tmp_path, classes=3, per_class=8, batch_size=4)
     settings = dict(num_classes=3, arch="tiny", image_size=SIZE, lr=1e-3, warmup_fraction=0.3,
                     ema_decay=0.5, ema_start_step=1)  # fmt: skip
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tinycats.cli import main
+from tinycats.cli import EXIT_USAGE, main
 from tinycats.grid import PADDING, save_labelled_grid
 from tinycats.models import CatClassifier
 from tinycats.sample import load_generator
@@ -98,7 +98,7 @@ def test_sample_refuses_clearly(run_dir: Path, tmp_path: Path, capsys, problem: 
     }[problem]
     with pytest.raises(SystemExit) as stop:
         _sample(tmp_path, ckpt, "x.png", "--breed", "Tabby" if problem == "breed" else "all")
-    assert stop.value.code == 1
+    assert stop.value.code == EXIT_USAGE
     error = capsys.readouterr().err
     assert message in error and "Traceback" not in error
     assert not (tmp_path / "x.png").exists()

@@ -4,8 +4,9 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks.weight_averaging import EMAWeightAveraging
+from lightning.pytorch.callbacks.weight_averaging import WeightAveraging
 from torch import Tensor
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from tinycats.augment import random_flip, to_unit_range
 from tinycats.errors import TinyCatsError
@@ -25,15 +26,30 @@ def drop_labels(labels: Tensor, rate: float, null_class: int, generator: torch.G
     return torch.where(dropped.to(labels.device), null_class, labels)
 
 
-class GeneratorEMA(EMAWeightAveraging):
-    """Lightning's EMA callback, except that the module keeps its live weights when training ends.
+class GeneratorEMA(WeightAveraging):
+    """An exponential moving average of the weights, by Lightning's weight-averaging callback.
 
-    The parent copies the averaged weights into the module in ``on_train_end``, which runs before
-    the checkpoint callback's final save of ``last.ckpt``: that file would then hold the EMA
-    weights twice and lose the live ones, and a run continued from it would not be the run that
-    was interrupted (see plans/dit-ema.md). Checkpoints already carry the EMA weights as their
-    ``state_dict``, and validation swaps them in, so nothing needs them in the module afterwards.
+    Like Lightning's ``EMAWeightAveraging``, with two changes (see plans/dit-ema.md):
+    - the update is torch's foreach EMA, a few kernels for all weights instead of several per
+      tensor (19 instead of 143 ms per update of the 33M-parameter DiT on 2 CPU cores);
+    - the module keeps its live weights when training ends. The parent copies the EMA into it
+      in ``on_train_end``, before the checkpoint callback's final save of ``last.ckpt``, which
+      would then hold the EMA twice and lose the live weights a continued run starts from.
+    Checkpoints carry the EMA as their ``state_dict`` and validation swaps it in.
     """
+
+    def __init__(self, decay: float, start_step: int = 0, every_n_steps: int = 1) -> None:
+        super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay))
+        self.start_step = start_step
+        self.every_n_steps = every_n_steps
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        """Update after every ``every_n_steps``-th optimizer step from ``start_step`` on."""
+        return (
+            step_idx is not None
+            and step_idx >= self.start_step
+            and step_idx % self.every_n_steps == 0
+        )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Leave the live weights in place (see the class docstring)."""
@@ -100,6 +116,11 @@ class DiTGenerator(L.LightningModule):
         self.save_hyperparameters()
         if not 0 <= label_dropout < 1:
             raise TinyCatsError(f"label_dropout must be in [0, 1), got {label_dropout}.")
+        if not 0 <= ema_decay <= 1 or ema_every_n_steps < 1:
+            raise TinyCatsError(
+                f"ema_decay must be in [0, 1] and ema_every_n_steps >= 1, got {ema_decay} and "
+                f"{ema_every_n_steps}."
+            )
         size = {} if image_size is None else {"image_size": image_size}
         try:
             self.model = build_dit(arch, num_classes=num_classes, **size)
@@ -180,9 +201,7 @@ class DiTGenerator(L.LightningModule):
         existing = [cb for cb in self.trainer.callbacks if isinstance(cb, GeneratorEMA)]
         return existing or [
             GeneratorEMA(
-                decay=self.hparams.ema_decay,
-                update_every_n_steps=self.hparams.ema_every_n_steps,
-                update_starting_at_step=self.hparams.ema_start_step,
+                self.hparams.ema_decay, self.hparams.ema_start_step, self.hparams.ema_every_n_steps
             )
         ]
 

@@ -1,0 +1,264 @@
+"""``tinycats export``: the classifier, or one velocity step of the DiT, as an ONNX graph that runs
+without PyTorch, checked against PyTorch, optionally with int8 weights.
+
+The DiT is exported as a single evaluation of its network, (x, t, y) → velocity, not as a whole
+sampler: the number of steps and the guidance scale stay choices of whoever samples, and
+``tinycats.onnx_sampler`` runs the loop with onnxruntime alone.
+"""
+
+import argparse
+import json
+import tempfile
+import warnings
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tinycats.errors import TinyCatsError
+from tinycats.models import CatClassifier
+from tinycats.models.dit import TinyDiT
+from tinycats.models.flow import sample
+from tinycats.resume import newest_first, resumable_checkpoints
+from tinycats.sample import load_generator
+
+try:
+    import onnxruntime as ort
+    import onnxscript  # noqa: F401  (torch's ONNX exporter imports it when it runs)
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from tinycats.onnx_sampler import load_velocity, onnx_sample
+except ImportError as err:  # the CLI prints this as a one-line error
+    raise TinyCatsError(
+        f"tinycats export needs onnx, onnxscript and onnxruntime ({err}): "
+        "pip install onnx onnxscript onnxruntime"
+    ) from err
+
+
+PARITY_BATCH = 4  # random inputs of the parity check printed after each export
+PARITY_STEPS = 10  # sampler steps of the DiT's sampler check
+
+DESCRIPTION = """\
+Export a trained model as ONNX, to run with onnxruntime (or any ONNX runtime) without PyTorch:
+
+  classifier  classifier.onnx: float32 RGB images (N, 3, H, W) in [0, 1] → logits (N, classes)
+  DiT         dit_velocity.onnx: one velocity evaluation (EMA weights), inputs x (N, 3, H, W)
+              in the flow's scale (noise at t = 1), t (N,) float32 in [0, 1], y (N,) int64
+              labels, where the null class (its index is in the metadata) is the unconditional
+              label for guidance. `tinycats.onnx_sampler.onnx_sample` integrates it.
+
+Class names, the image size and the null class are stored in the graph's metadata. After the
+export the graph is run on random inputs and compared with PyTorch (the largest absolute
+difference is printed); for the DiT, the onnxruntime sampler is also compared with the
+PyTorch sampler from the same noise. --quantize adds a copy with int8 weights (onnxruntime's
+dynamic quantisation) and prints both sizes and its difference from PyTorch.
+
+examples:
+  tinycats export --ckpt outputs/checkpoints/classifier/2026-01-31/cat-vs-dog/best.ckpt --out export
+  tinycats export --ckpt outputs/checkpoints/dit/2026-01-31/dit-s4-64 --out export --quantize
+"""
+
+
+# ----------------------------------------------------------------------------------------------
+# Export
+# ----------------------------------------------------------------------------------------------
+
+
+def export_classifier(model: CatClassifier, image_size: int, path: Path) -> Path:
+    """Write the classifier as ONNX: float images (N, 3, H, W) in [0, 1] → logits (N, classes)."""
+    names = model.hparams.class_names or [str(i) for i in range(model.hparams.num_classes)]
+    metadata = {
+        "model": "tinycats CatClassifier",
+        "class_names": json.dumps(list(names)),
+        "image_size": str(image_size),
+        "input": "images: float32 RGB (N, 3, H, W) in [0, 1], H = W = image_size",
+        "output": "logits: (N, classes); softmax gives the class probabilities",
+    }
+    example = (torch.rand(2, 3, image_size, image_size),)
+    return _export(model, example, ("images",), "logits", metadata, path)
+
+
+def export_velocity(model: TinyDiT, class_names: list[str], path: Path) -> Path:
+    """Write one velocity evaluation of the DiT as ONNX: (x, t, y) → velocity, any batch size."""
+    size, channels = model.image_size, model.in_channels
+    metadata = {
+        "model": "tinycats TinyDiT velocity",
+        "class_names": json.dumps(class_names),
+        "null_class": str(model.null_class),
+        "image_size": str(size),
+        "in_channels": str(channels),
+        "convention": "x_t = (1 - t) * image + t * noise with images in [-1, 1]; the velocity "
+        "is noise - image; sample from t = 1 to t = 0",
+    }
+    example = (torch.randn(2, channels, size, size), torch.rand(2),
+               torch.tensor([0, model.null_class]))  # fmt: skip
+    return _export(model, example, ("x", "t", "y"), "velocity", metadata, path)
+
+
+def quantize_int8(source: Path, target: Path) -> tuple[int, int]:
+    """Store a graph's weights as int8 (dynamic quantisation); returns both file sizes in bytes."""
+    with tempfile.TemporaryDirectory() as scratch:
+        # onnxruntime's recommended first pass: shape inference and graph clean-up.
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared))
+        quantize_dynamic(prepared, target, weight_type=QuantType.QInt8)
+    return source.stat().st_size, target.stat().st_size
+
+
+def _export(
+    model: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    input_names: tuple[str, ...],
+    output_name: str,
+    metadata: dict[str, str],
+    path: Path,
+) -> Path:
+    """Export ``model`` with a dynamic batch dimension and metadata, as one self-contained file."""
+    model = model.eval().cpu()
+    batch = torch.export.Dim("batch")
+    with warnings.catch_warnings():
+        # Every input shares the one batch dimension, which the exporter remarks on.
+        warnings.filterwarnings("ignore", message=".*will not be used, since it shares")
+        program = torch.onnx.export(
+            model, example, input_names=list(input_names), output_names=[output_name],
+            dynamic_shapes=[{0: batch} for _ in example], dynamo=True, verbose=False,
+        )  # fmt: skip
+    program.model.metadata_props.update(metadata)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    program.save(str(path), external_data=False)  # one file, not a graph plus a weights file
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Parity with PyTorch
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def classifier_difference(
+    model: CatClassifier, image_size: int, path: Path, seed: int = 0
+) -> float:
+    """The largest absolute difference between ONNX and PyTorch logits on random images."""
+    images = torch.rand(PARITY_BATCH, 3, image_size, image_size,
+                        generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    onnx_logits = session.run(None, {"images": images.numpy()})[0]
+    return float(np.abs(onnx_logits - model.eval().cpu()(images).numpy()).max())
+
+
+@torch.no_grad()
+def velocity_difference(model: TinyDiT, path: Path, seed: int = 0) -> float:
+    """The largest absolute difference between ONNX and PyTorch velocities on random inputs."""
+    x, t, y = _random_dit_inputs(model, seed)
+    onnx_v = load_velocity(str(path)).run(None, {"x": x.numpy(), "t": t.numpy(), "y": y.numpy()})
+    return float(np.abs(onnx_v[0] - model.eval().cpu()(x, t, y).numpy()).max())
+
+
+@torch.no_grad()
+def sampler_difference(
+    model: TinyDiT, path: Path, steps: int = PARITY_STEPS, cfg_scale: float = 3.0, seed: int = 0
+) -> float:
+    """The largest absolute difference between the onnxruntime and the PyTorch Euler samplers."""
+    noise, _, labels = _random_dit_inputs(model, seed)
+    expected = sample(model.eval().cpu(), noise, labels, steps=steps, cfg_scale=cfg_scale,
+                      null_class=model.null_class)  # fmt: skip
+    found = onnx_sample(load_velocity(str(path)), noise.numpy(), labels.numpy(), steps=steps,
+                        cfg_scale=cfg_scale)  # fmt: skip
+    return float(np.abs(found - expected.numpy()).max())
+
+
+def _random_dit_inputs(model: TinyDiT, seed: int) -> tuple[torch.Tensor, ...]:
+    """Noise-like images, times in [0, 1] and labels including the null class."""
+    generator = torch.Generator().manual_seed(seed)
+    size, channels = model.image_size, model.in_channels
+    x = torch.randn(PARITY_BATCH, channels, size, size, generator=generator)
+    t = torch.rand(PARITY_BATCH, generator=generator)
+    y = torch.randint(0, model.null_class + 1, (PARITY_BATCH,), generator=generator)
+    return x, t, y
+
+
+# ----------------------------------------------------------------------------------------------
+# The command
+# ----------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> None:
+    """Parse the ``tinycats export`` arguments, export, check parity and optionally quantise."""
+    args = _parser().parse_args(argv)
+    checkpoint_path = _checkpoint_file(Path(args.ckpt))
+    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
+    out = Path(args.out)
+    hparams: dict[str, Any] = checkpoint.get("hyper_parameters") or {}
+    if "arch" in hparams:  # only the DiT generator has one
+        generator = load_generator(checkpoint_path)
+        path = export_velocity(generator.model, generator.class_labels, out / "dit_velocity.onnx")
+        check = partial(velocity_difference, generator.model)
+        print(f"Exported the DiT's velocity (EMA weights of {checkpoint_path}) to {path}")
+        _print_parity(path, check)
+        print(f"onnxruntime sampler vs PyTorch sampler ({PARITY_BATCH} samples, {PARITY_STEPS} "
+              f"Euler steps, guidance 3): max abs difference "
+              f"{sampler_difference(generator.model, path):.2e}")  # fmt: skip
+    elif hparams.get("_class_path", "").endswith("CatClassifier"):
+        image_size = (checkpoint.get("datamodule_hyper_parameters") or {}).get("image_size")
+        if image_size is None:
+            raise TinyCatsError(f"{checkpoint_path} does not record the image size it was "
+                                "trained at: it was not written by `tinycats fit`.")  # fmt: skip
+        # Built and loaded directly: load_from_checkpoint would run the training-time set-up.
+        classifier = CatClassifier(**{k: v for k, v in hparams.items() if not k.startswith("_")})
+        classifier.load_state_dict(checkpoint["state_dict"])
+        path = export_classifier(classifier, image_size, out / "classifier.onnx")
+        check = partial(classifier_difference, classifier, image_size)
+        print(f"Exported the classifier ({checkpoint_path}) to {path}")
+        _print_parity(path, check)
+    else:
+        raise TinyCatsError(f"{checkpoint_path} is not a checkpoint of the classifier or of the "
+                            "DiT generator written by `tinycats fit`.")  # fmt: skip
+    if args.quantize:
+        quantized = path.with_name(f"{path.stem}.int8.onnx")
+        before, after = quantize_int8(path, quantized)
+        print(f"int8 weights: {quantized}, {_megabytes(before)} → {_megabytes(after)}; max abs "
+              f"difference from PyTorch {check(quantized):.2e}")  # fmt: skip
+
+
+def _checkpoint_file(path: Path) -> Path:
+    """The checkpoint itself, or a run directory's best.ckpt, else its newest checkpoint."""
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = [*path.glob("best.ckpt"), *newest_first(resumable_checkpoints(path))]
+        if found:
+            return found[0]
+        raise TinyCatsError(f"{path} holds no checkpoint: pass a run directory of `tinycats "
+                            "fit` or a .ckpt file.")  # fmt: skip
+    raise TinyCatsError(f"--ckpt {path} does not exist: pass a checkpoint file or a run directory.")
+
+
+def _print_parity(path: Path, check: Callable[[Path], float]) -> None:
+    print(f"ONNX vs PyTorch on {PARITY_BATCH} random inputs: max abs difference "
+          f"{check(path):.2e}; {_megabytes(path.stat().st_size)}")  # fmt: skip
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tinycats export",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--ckpt", required=True,
+                        help="a checkpoint of the classifier or the DiT, or a run directory "
+                        "(its best.ckpt, else its newest checkpoint)")  # fmt: skip
+    parser.add_argument("--out", default="export",
+                        help="folder for the .onnx files (default: export)")  # fmt: skip
+    parser.add_argument("--quantize", action="store_true",
+                        help="also write a copy with int8 weights (*.int8.onnx): about 4x "
+                        "smaller, slightly less exact")  # fmt: skip
+    return parser
