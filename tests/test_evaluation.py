@@ -157,21 +157,22 @@ def test_report_refuses_an_empty_matrix():
         classification_report(torch.zeros(2, 2), ["cat", "dog"])
 
 
-@pytest.mark.slow
 def test_tinycats_test_writes_the_report_and_a_png(pets_sample: Path, tmp_path: Path):
     common = ["-c", str(CONFIGS / "classifier_tiny.yaml"), "--run.outputs", str(tmp_path),
               "--data.root", str(tmp_path / "data"), "--data.source", str(pets_sample)]  # fmt: skip
     summary = run_cli(["fit", *common, "--trainer.max_steps", "2"])
     run = Path(summary["run_dir"])
     run_cli(["test", *common, "--ckpt_path", str(run / "last.ckpt")])
-    report = json.loads((run / "report_test.json").read_text())
+    (found,) = run.rglob("report_test.json")  # where the test's logs go: the run or a subfolder
+    logs = found.parent
+    report = json.loads(found.read_text())
     assert report["stage"] == "test" and report["classes"] == ["cat", "dog"]
     assert report["num_images"] == sum(map(sum, report["confusion_matrix"])) > 0
-    metrics = (run / "metrics.csv").read_text().splitlines()
+    metrics = (logs / "metrics.csv").read_text().splitlines()
     logged = dict(zip(metrics[0].split(","), metrics[-1].split(","), strict=True))
     assert report["accuracy"] == pytest.approx(float(logged["test/acc"]))
     assert report["macro_f1"] == pytest.approx(float(logged["test/f1"]))
-    with Image.open(run / "confusion_test.png") as picture:
+    with Image.open(logs / "confusion_test.png") as picture:
         picture.verify()
         assert picture.format == "PNG"
 
@@ -179,7 +180,6 @@ def test_tinycats_test_writes_the_report_and_a_png(pets_sample: Path, tmp_path: 
 # --- tinycats evaluate-generator -------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_evaluate_generator_scores_a_tiny_run(pets_sample: Path, tmp_path: Path, monkeypatch):
     main(["fit", "-c", str(CONFIGS / "dit_tiny.yaml"), "--run.outputs", str(tmp_path),
           "--data.root", str(tmp_path / "data"), "--data.source", str(pets_sample)])  # fmt: skip

@@ -40,7 +40,7 @@ def _save(model: torch.nn.Module, path: Path, **extra: object) -> Path:
 
 @pytest.fixture(scope="module")
 def classifier_export(tmp_path_factory) -> tuple[CatClassifier, Path, str]:
-    """A random 3-class classifier, its ONNX graph made by `tinycats export --quantize`, and the output."""
+    """A random 3-class classifier, its graph from `tinycats export --quantize`, and the output."""
     tmp = tmp_path_factory.mktemp("classifier")
     model = CatClassifier(num_classes=3, class_names=["a", "b", "c"], backbone="resnet18").eval()
     ckpt = _save(model, tmp / "model.ckpt",

@@ -106,7 +106,11 @@ class TinyCatsCLI(LightningCLI):
         return super().instantiate_trainer(
             precision=auto_precision(config.trainer.precision),
             default_root_dir=str(self.run.path),
-            logger=CSVLogger(self.run.path, name="", version=""),
+            # fit logs into the run directory; validate/test/predict into their own folder, so
+            # they never rewrite the training history.
+            logger=CSVLogger(
+                self.run.path, name="", version="" if self.subcommand == "fit" else self.subcommand
+            ),
             callbacks=[*(config.trainer.callbacks or []), *self.checkpoints, *extra],
             **kwargs,
         )

@@ -63,7 +63,7 @@ OUT/{PAIRS_NAME} (OUT defaults to RUN/evaluation).
 examples:
   tinycats evaluate-generator --ckpt outputs/checkpoints/dit/2026-01-31/dit-s4-64 --n 200
   tinycats evaluate-generator --ckpt RUN --n 100 --sweep 1,1.5,2,3,4,6 --steps 50
-  tinycats evaluate-generator --ckpt RUN --inception-weights weights-inception-2015-12-05-6726825d.pth
+  tinycats evaluate-generator --ckpt RUN --inception-weights path/to/inception.pth
 """
 
 
@@ -127,35 +127,34 @@ def evaluate_generator(
     samples = generate_uint8(model, labels, cfg_scale=cfg_scale, **draw)
     train_features = extract_features(extractor, train[0], batch_size)
     sample_features = extract_features(extractor, samples, batch_size)
-    setting = {"steps": steps, "cfg_scale": cfg_scale}
-    scores = scores_by_class(train_features, train[1], sample_features, labels, names, **setting)
-
-    reference, num_held_out = [], held_out[0].shape[0]
-    if num_held_out:
-        held_out_features = extract_features(extractor, held_out[0], batch_size)
+    scores = scores_by_class(train_features, train[1], sample_features, labels, names,
+                             steps=steps, cfg_scale=cfg_scale)  # fmt: skip
+    num_held_out = held_out[0].shape[0]
+    held_out_features = (
+        extract_features(extractor, held_out[0], batch_size) if num_held_out else None
+    )
+    reference = []
     if num_held_out >= 2:
         figures = fid_kid(train_features, held_out_features)
         reference.append(Score("held-out real", num_held_out, train_features.shape[0], None,
                                None, *figures))  # fmt: skip
 
     swept = []
-    for scale in sweep:
+    for scale in sweep:  # the same labels and noise at every scale: only guidance differs
         if scale == cfg_scale:
             swept.append(scores[0])
             continue
-        features = extract_features(
-            extractor, generate_uint8(model, labels, cfg_scale=scale, **draw), batch_size
-        )
-        figures = fid_kid(train_features, features)
-        swept.append(Score("all", features.shape[0], train_features.shape[0], steps, scale,
+        images = generate_uint8(model, labels, cfg_scale=scale, **draw)
+        figures = fid_kid(train_features, extract_features(extractor, images, batch_size))
+        swept.append(Score("all", labels.shape[0], train_features.shape[0], steps, scale,
                            *figures))  # fmt: skip
 
     distances, nearest = nearest_neighbours(sample_features, train_features)
     memorisation = {"samples": distance_summary(distances)}
-    if num_held_out:
-        memorisation["held-out real"] = distance_summary(
-            nearest_neighbours(held_out_features, train_features)[0]
-        )
+    if held_out_features is not None:
+        held_out_distances, _ = nearest_neighbours(held_out_features, train_features)
+        memorisation["held-out real"] = distance_summary(held_out_distances)
+    # The closest samples are the ones a person should look at: copies would be among them.
     closest = distances.argsort()[:show].tolist()
     described = [
         {"sample": i, "breed": names[labels[i]], "train_index": nearest[i].item(),
@@ -163,16 +162,15 @@ def evaluate_generator(
         for i in closest
     ]  # fmt: skip
     if pairs_path is not None and closest:
-        save_nearest_pairs(
-            samples[closest], train[0][nearest[closest]],
-            [f"{d['breed']}, distance {d['distance']:.2f} to train #{d['train_index']}" for d in described],
-            pairs_path,
-        )  # fmt: skip
+        captions = [f"{d['breed']}, distance {d['distance']:.2f} to train #{d['train_index']}"
+                    for d in described]  # fmt: skip
+        save_nearest_pairs(samples[closest], train[0][nearest[closest]], captions, pairs_path)
     return GeneratorReport(
         setting={
             "samples_per_class": samples_per_class, "cfg_scale": cfg_scale, **draw,
-            "num_train": train_features.shape[0], "num_held_out": num_held_out,
-            "feature_extractor": feature_name, "kid_subsets": KID_SUBSETS,
+            "reference": "the training split", "num_train": train_features.shape[0],
+            "num_held_out": num_held_out, "feature_extractor": feature_name,
+            "kid_subsets": KID_SUBSETS,
         },
         scores=scores, reference=reference, sweep=swept, memorisation=memorisation,
         closest=described,

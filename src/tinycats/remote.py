@@ -81,7 +81,7 @@ def _whole_number_from_env(name: str, default: int) -> int:
 
 
 # An L4 is the default: cheap, 24 GB, and unlike the T4 it has bfloat16, which the DiT configs
-# train in. plans/0004-modal-layer.md and docs/modal.md compare the other GPUs.
+# train in. plans/0004-modal-layer.md and the README compare the other GPUs.
 GPU = os.environ.get("TINYCATS_GPU", "L4").strip()
 TIMEOUT_S = _whole_number_from_env("TINYCATS_TIMEOUT", 6 * 60 * 60)
 RETRIES = _whole_number_from_env("TINYCATS_RETRIES", MAX_RETRIES)

@@ -34,7 +34,7 @@ class PetsDataModule(L.LightningDataModule):
         image_size: side of the square images the models see (and the cache holds).
         batch_size: images per training batch (per device).
         split: train, val, test fractions of every class.
-        seed: seed of the split and of the training order.
+        split_seed: seed of the split and of the training order.
         num_workers: DataLoader worker processes; null: none on a CPU, one per core (up to 8)
             on a GPU machine. Unused when the images live on the GPU.
         on_device: keep the uint8 images on the training device (on a GPU: when they fit in a
@@ -52,7 +52,7 @@ class PetsDataModule(L.LightningDataModule):
         image_size: int = 64,
         batch_size: int = 64,
         split: tuple[float, float, float] = (0.8, 0.1, 0.1),
-        seed: int = 0,
+        split_seed: int = 0,
         num_workers: int | None = None,
         on_device: bool = True,
         base_url: str = OXFORD_PETS_URL,
@@ -84,7 +84,9 @@ class PetsDataModule(L.LightningDataModule):
         catalog = self._catalog()
         cache = load_or_build_cache(catalog.paths, self.hparams.image_size, self._cache_dir)
         targets = torch.tensor([catalog.targets[i] for i in cache.kept])
-        parts = stratified_split(targets.tolist(), tuple(self.hparams.split), self.hparams.seed)
+        parts = stratified_split(
+            targets.tolist(), tuple(self.hparams.split), self.hparams.split_seed
+        )
         root = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
         self.images_on_device = self.hparams.on_device and self._fits(root, cache.images.numel())
         device = root if self.images_on_device else torch.device("cpu")
@@ -147,7 +149,9 @@ class PetsDataModule(L.LightningDataModule):
         # A stateful loader (Lightning checkpoints its position) over epoch-seeded batches: a
         # resumed run continues mid-epoch with exactly the batches it would have seen.
         dataset = self.datasets[split]
-        batches = EpochBatches(len(dataset), self.hparams.batch_size, self.hparams.seed, shuffle)
+        batches = EpochBatches(
+            len(dataset), self.hparams.batch_size, self.hparams.split_seed, shuffle
+        )
         on_device = split != "predict" and self.images_on_device
         workers = 0 if on_device else self._workers()
         return StatefulDataLoader(

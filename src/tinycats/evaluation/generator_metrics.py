@@ -62,7 +62,7 @@ def extract_features(extractor: nn.Module, images: Tensor, batch_size: int = 200
 
 
 class _PassThrough(nn.Module):
-    """Hands precomputed features to torchmetrics, which calls its ``feature`` module on the input."""
+    """Hands precomputed features to torchmetrics, which runs its ``feature`` module on inputs."""
 
     def __init__(self, num_features: int) -> None:
         super().__init__()

@@ -21,7 +21,7 @@ MIN_SHOWN_SIZE = 96  # pixels: smaller images are enlarged in the PNG so a perso
 def nearest_neighbours(
     queries: Tensor, references: Tensor, batch_size: int = 1024
 ) -> tuple[Tensor, Tensor]:
-    """The Euclidean distance from each query (N, D) to its nearest reference (M, D), and its index."""
+    """The Euclidean distance from each query (N, D) to its nearest reference (M, D), and which."""
     distances, indices = [], []
     for start in range(0, queries.shape[0], batch_size):
         # Batched so N x M distances never sit in memory at once.

@@ -62,7 +62,7 @@ def classification_report(matrix: Tensor, class_names: Sequence[str]) -> dict[st
 
 
 def write_report(matrix: Tensor, class_names: Sequence[str], out_dir: Path, stage: str) -> dict:
-    """Write ``report_<stage>.json`` and ``confusion_<stage>.png`` into out_dir; return the report."""
+    """Write the report as ``report_<stage>.json`` and ``confusion_<stage>.png``; return it."""
     report = {"stage": stage, **classification_report(matrix, class_names)}
     out_dir.mkdir(parents=True, exist_ok=True)
     _replace(out_dir / f"report_{stage}.json", lambda p: p.write_text(json.dumps(report, indent=1)))

@@ -29,7 +29,7 @@ def drop_labels(labels: Tensor, rate: float, null_class: int, generator: torch.G
 class GeneratorEMA(WeightAveraging):
     """An exponential moving average of the weights, by Lightning's weight-averaging callback.
 
-    Like Lightning's ``EMAWeightAveraging``, with two changes (see plans/dit-ema.md):
+    Like Lightning's ``EMAWeightAveraging``, with two changes (see plans/0005-dit-ema.md):
     - the update is torch's foreach EMA, a few kernels for all weights instead of several per
       tensor (19 instead of 143 ms per update of the 33M-parameter DiT on 2 CPU cores);
     - the module keeps its live weights when training ends. The parent copies the EMA into it
