@@ -93,3 +93,20 @@ def test_images_on_the_device_give_the_same_batches_as_worker_loading(
     with_workers, data = first_batches(on_device=False, num_workers=1)
     assert not data.images_on_device and data.train_dataloader().num_workers == 1
     assert all(torch.equal(a, b) for a, b in zip(on_device, with_workers, strict=True))
+
+
+def test_the_dit_falls_back_to_eager_with_the_same_loss(monkeypatch) -> None:
+    from tinycats.models import DiTGenerator
+    from tinycats.models.flow import flow_loss
+
+    monkeypatch.setattr(
+        torch, "compile", lambda module: lambda *args: (_ for _ in ()).throw(RuntimeError("no"))
+    )
+    torch.manual_seed(0)
+    model = DiTGenerator(num_classes=3, arch="tiny", image_size=16, compile=True)
+    model.configure_model()
+    x0, labels = torch.rand(4, 3, 16, 16) * 2 - 1, torch.tensor([0, 1, 2, 0])
+    noise, t = torch.randn_like(x0), torch.rand(4)
+    via_fallback = flow_loss(model._compiled, x0, labels, noise=noise, t=t)
+    assert torch.equal(via_fallback, flow_loss(model.model, x0, labels, noise=noise, t=t))
+    assert model._compiled.compiled is None  # it gave up on compiling after the failure

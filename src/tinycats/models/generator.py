@@ -14,6 +14,7 @@ from tinycats.grid import save_labelled_grid
 from tinycats.lr_schedule import warmup_cosine
 from tinycats.models.dit import build_dit
 from tinycats.models.flow import flow_loss, sample
+from tinycats.performance import CompiledOrEager
 from tinycats.randomness import step_generator
 
 # Keeps the fixed validation noise apart from the per-step training draws of the same seed.
@@ -87,6 +88,7 @@ class DiTGenerator(L.LightningModule):
         sample_steps: ODE steps of the grid's sampler.
         sample_cfg_scale: classifier-free guidance scale of the grid.
         seed: seed of the training draws (flip, label dropout, noise, times) and fixed noises.
+        compile: train the network through ``torch.compile`` (eager if compiling fails).
     """
 
     run_group = "dit"
@@ -111,6 +113,7 @@ class DiTGenerator(L.LightningModule):
         sample_steps: int = 50,
         sample_cfg_scale: float = 3.0,
         seed: int = 0,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -126,6 +129,10 @@ class DiTGenerator(L.LightningModule):
             self.model = build_dit(arch, num_classes=num_classes, **size)
         except ValueError as err:
             raise TinyCatsError(f"Cannot build the DiT: {err}.") from err
+        self._compiled: CompiledOrEager | None = None
+
+    def configure_model(self) -> None:
+        self._compiled = CompiledOrEager(self.model) if self.hparams.compile else None
 
     @property
     def class_labels(self) -> list[str]:
@@ -151,7 +158,8 @@ class DiTGenerator(L.LightningModule):
         # One generator per (seed, step, rank) for every draw: a resumed run repeats them exactly.
         generator = step_generator(self.hparams.seed, self.global_step, self.global_rank)
         x0, labels = self.training_inputs(batch, generator)
-        loss = flow_loss(self.model, x0, labels, generator=generator, schedule="logit_normal")
+        velocity = self._compiled or self.model
+        loss = flow_loss(velocity, x0, labels, generator=generator, schedule="logit_normal")
         self.log("train/flow_loss", loss, prog_bar=True)
         return loss
 
