@@ -30,6 +30,8 @@ Train and use the tinycats models from one YAML config:
   tinycats test -c configs/classifier.yaml --ckpt_path PATH
   tinycats predict -c configs/classifier.yaml --ckpt_path PATH --data.predict_paths '[a.jpg]'
   tinycats sample --help                          draw cats with a trained TinyDiT
+  tinycats evaluate-generator --help              FID/KID per breed, guidance sweep, memorisation
+  tinycats export --help                          ONNX (and int8) for the classifier and the DiT
 """
 
 # Commands beside LightningCLI's: name → module with ``main(argv)``.

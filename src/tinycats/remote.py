@@ -127,6 +127,12 @@ image = (
     modal.Image.debian_slim(python_version="3.12")
     .uv_pip_install(requirements=[str(REPO / "requirements-modal.txt")])
     .env({"HF_XET_HIGH_PERFORMANCE": "1", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"})
+    # The standard FID Inception weights, fetched once at build time into torch's hub cache
+    # (where torch-fidelity looks first), so `evaluate-generator` needs no download per run.
+    .run_commands(
+        'python -c "from torchmetrics.image.fid import NoTrainInceptionV3; '
+        "NoTrainInceptionV3(name='inception-v3-compat', features_list=['2048'])\""
+    )
     .add_local_python_source("tinycats")
     .add_local_dir(REPO / "configs", "/root/configs")  # for `modal shell` sessions
 )

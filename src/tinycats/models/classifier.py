@@ -81,7 +81,7 @@ class CatClassifier(L.LightningModule):
 
     def configure_model(self) -> None:
         # The strategy knows the device before the module has moved there.
-        device = self.trainer.strategy.root_device.type
+        device = self.trainer.strategy.root_device.type if self._trainer else self.device.type
         wanted = self.hparams.channels_last
         self._channels_last = device == "cuda" if wanted is None else wanted
         if self._channels_last:

@@ -1,0 +1,47 @@
+"""The Modal image's exact pins agree with the package's dependency ranges."""
+
+import tomllib
+from pathlib import Path
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def project() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+
+
+def modal_pins() -> dict[str, Requirement]:
+    lines = (REPO / "requirements-modal.txt").read_text().splitlines()
+    pins = [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
+    return {canonicalize_name(pin.name): pin for pin in pins}
+
+
+def test_every_modal_pin_is_exact() -> None:
+    for name, pin in modal_pins().items():
+        assert len(pin.specifier) == 1 and next(iter(pin.specifier)).operator == "==", name
+
+
+def test_every_runtime_dependency_is_pinned_within_its_range() -> None:
+    pins = modal_pins()
+    needed = [
+        Requirement(r)
+        for r in project()["dependencies"] + project()["optional-dependencies"]["fid"]
+    ]
+    for requirement in needed:
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is missing from requirements-modal.txt"
+        version = next(iter(pins[name].specifier)).version
+        assert requirement.specifier.contains(version), (
+            f"{name}=={version} is outside {requirement.specifier}"
+        )
+        assert requirement.extras <= pins[name].extras, (
+            f"{name} loses the extras {requirement.extras}"
+        )
+
+
+def test_the_command_is_installed_both_ways() -> None:
+    assert project()["scripts"]["tinycats"] == "tinycats.cli:main"
+    assert (REPO / "src/tinycats/__main__.py").read_text().count("main()") == 1
