@@ -4,23 +4,41 @@ Two costs, side by side: what `modal run src/tinycats/remote.py::fit` pays on yo
 before it can launch (importing remote.py), and what a fresh container pays before its first
 training step (the training-stack imports of `@modal.enter`, the data cache, the first step).
 A real container adds the image pull, the GPU attach and the CUDA warm-up, which need Modal.
+And for each training config (benchmarks/harness.py), a fresh process's import of the training
+stack and its first training step, with the image cache already built.
 
-    python benchmarks/cold_start.py
+    python -m benchmarks.cold_start [--repeats 3]
 """
 
+import argparse
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import lightning as L
+
+from benchmarks.harness import (
+    PHOTOS,
+    REPO,
+    Setup,
+    load_workload,
+    markdown_table,
+    quiet,
+    sizes_for,
+    synchronize,
+    trainer,
+    training_device,
+)
+from tinycats.performance import allow_tf32
+
 REMOTE = REPO / "src/tinycats/remote.py"
 TINY = REPO / "tests/configs/classifier_tiny.yaml"
-PHOTOS = REPO.parent / "shared/data/oxford-pets-sample/images"
-REPEATS = 3
 
 IMPORT_REMOTE = f"""
 import importlib.util, sys, time
@@ -68,6 +86,29 @@ print(json.dumps({{"stack": client + stack, "cache": max(caches, default=None),
 """
 
 
+# One fresh process per training config: the training stack's imports, then one step of the
+# config with its image cache already on disk (as on a retry, or a second run).
+FIRST_STEP = """
+import time
+import json
+import tinycats.cli  # the training stack: torch, Lightning, torchvision, our models and data
+imported = time.time()
+from benchmarks.cold_start import first_step_here
+done = first_step_here({config!r}, {quick!r}, {photos!r}, {root!r})
+print(json.dumps({{"imported": imported, "first_step": done}}))
+"""
+
+
+@dataclass(frozen=True)
+class Start:
+    """Seconds from a fresh process's start until something was ready."""
+
+    side: str
+    what: str
+    seconds: float | None
+    goal: str = ""
+
+
 def run_python(code: str) -> str:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=REPO, timeout=600)  # fmt: skip
@@ -76,8 +117,8 @@ def run_python(code: str) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-def median_seconds(code: str) -> float:
-    return statistics.median(float(run_python(code)) for _ in range(REPEATS))
+def median_seconds(code: str, repeats: int) -> float:
+    return statistics.median(float(run_python(code)) for _ in range(repeats))
 
 
 def container_start(root: Path, name: str) -> dict[str, float | None]:
@@ -86,30 +127,78 @@ def container_start(root: Path, name: str) -> dict[str, float | None]:
     return json.loads(run_python(code))
 
 
-def main() -> None:
+def measure(repeats: int = 3) -> list[Start]:
+    """The client's imports (median of ``repeats``) and a container's start, cold and warm."""
     if not PHOTOS.is_dir():
         raise SystemExit(f"needs the Oxford-IIIT Pet sample photos at {PHOTOS}")
-    client = median_seconds(IMPORT_REMOTE)
-    modal_only = median_seconds(IMPORT_MODAL)
+    client = median_seconds(IMPORT_REMOTE, repeats)
+    modal_only = median_seconds(IMPORT_MODAL, repeats)
     with tempfile.TemporaryDirectory() as tmp:
         cold = container_start(Path(tmp), "cold")  # empty data volume: the cache is built
         warm = container_start(Path(tmp), "warm")  # a retry: the cache is on the data volume
-    rows = [
-        ("client", f"import remote.py (median of {REPEATS})", client, "< 1 s"),
-        ("client", f"import modal alone (median of {REPEATS})", modal_only, ""),
-        ("container", "training stack imported (@modal.enter)", cold["stack"], ""),
-        ("container", "image cache written (empty data volume)", cold["cache"], ""),
-        ("container", "first step checkpointed (empty data volume)", cold["first_step"], "< 20 s"),
-        ("container", "first step checkpointed (cache on the volume)", warm["first_step"], "< 20 s"),
+    return [
+        Start("client", f"import remote.py (median of {repeats})", client, "< 1 s"),
+        Start("client", f"import modal alone (median of {repeats})", modal_only),
+        Start("container", "training stack imported (@modal.enter)", cold["stack"]),
+        Start("container", "image cache written (empty data volume)", cold["cache"]),
+        Start("container", "first step checkpointed (empty data volume)", cold["first_step"], "< 20 s"),
+        Start("container", "first step checkpointed (cache on the volume)", warm["first_step"], "< 20 s"),
     ]  # fmt: skip
+
+
+def first_step(config: str, setup: Setup, quick: bool) -> tuple[float, float]:
+    """Seconds from a fresh process's start to the training stack imported, and to the end of
+    the first training step of ``config`` (its cache already built, in ``setup.root``)."""
+    code = FIRST_STEP.format(config=config, quick=quick, photos=str(setup.photos),
+                             root=str(setup.root))  # fmt: skip
+    start = time.time()
+    stamps = json.loads(run_python(code))
+    return stamps["imported"] - start, stamps["first_step"] - start
+
+
+class _FirstStepEnd(L.Callback):
+    """Notes the wall-clock time at the end of the first step, its GPU work done."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        synchronize(pl_module.device)
+        self.time = time.time()
+
+
+def first_step_here(config: str, quick: bool, photos: str, root: str) -> float:
+    """Train one step of ``config`` in this process; return the time.time() when it ended."""
+    quiet()
+    allow_tf32(True)
+    device = training_device()
+    workload = load_workload(config, device, quick)
+    setup = Setup(device, sizes_for(device, quick), [workload], Path(photos), Path(root))
+    end = _FirstStepEnd()
+    trainer(device, max_steps=1, callbacks=[end]).fit(
+        workload.module(), datamodule=workload.data(setup)
+    )
+    return end.time
+
+
+def table(rows: list[Start]) -> str:
+    return markdown_table(["side", "what", "seconds", "goal"], [
+        (row.side, row.what, "-" if row.seconds is None else f"{row.seconds:.2f}", row.goal)
+        for row in rows
+    ])  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="client imports to take the median of"
+    )
+    args = parser.parse_args()
+    rows = measure(args.repeats)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"Cold start on this machine ({os.cpu_count()} CPU cores, load average {load}).\n"
           "Client rows: import time in a fresh process. Container rows: seconds from the start\n"
           "of a fresh process that runs the tiny classifier config through Runner.fit.local().\n")  # fmt: skip
-    print(f"{'side':<10} {'what':<47} {'seconds':>8}  goal")
-    for side, what, seconds, goal in rows:
-        shown = "-" if seconds is None else f"{seconds:.2f}"
-        print(f"{side:<10} {what:<47} {shown:>8}  {goal}")
+    print(table(rows))
 
 
 if __name__ == "__main__":

@@ -1,15 +1,18 @@
 """Images/s delivered to the model: the uint8 cache against ImageFolder + JPEG decoding.
 
 Same photos (the shared Oxford-IIIT Pet sample), same resolution, same batch size, same run.
-The comparison pipeline decodes, crops and flips each image; the cache is shown as delivered
-and with the same crop and flip applied to the batch (which on a GPU runs on the GPU).
+The comparison pipeline decodes, crops and flips each image and copies the batch to the
+training device; the cache is shown as delivered and with the same crop and flip applied to the
+batch. On a GPU the cache lives on the GPU (the data module's ``on_device``), so both run there.
 
-    python benchmarks/data_pipeline.py [--size 64] [--epochs 3] [--sample PATH]
+    python -m benchmarks.data_pipeline [--size 64] [--epochs 3] [--sample PATH]
 """
 
 import argparse
 import tempfile
 import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,19 +20,84 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from benchmarks.harness import PHOTOS, markdown_table, synchronize, trainer, training_device
 from tinycats.augment import random_flip, random_resized_crop, to_unit_range
 from tinycats.data import PetsDataModule
 from tinycats.randomness import step_generator
 
-SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/oxford-pets-sample/images"
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
-def images_per_second(batches, augment) -> float:
-    """Iterate all batches, turning each into the float batch a model takes."""
+@dataclass(frozen=True)
+class Pipelines:
+    """Images/s of each way of feeding the model (the best epoch), JPEG decoding first."""
+
+    photos: int
+    size: int
+    batch: int
+    images_per_second: dict[str, float]
+
+
+def images_per_second(
+    batches: Batches, augment: Callable[[torch.Tensor, int], torch.Tensor], device: torch.device
+) -> float:
+    """Iterate all batches, turning each into the float batch a model takes on ``device``."""
     count, start = 0, time.perf_counter()
     for step, (images, _) in enumerate(batches):
-        count += len(augment(images, step))
+        count += len(augment(images.to(device), step))
+    synchronize(device)
     return count / (time.perf_counter() - start)
+
+
+def measure(size: int = 64, epochs: int = 3, batch: int = 64, sample: Path = PHOTOS) -> Pipelines:
+    """The three pipelines, each the best of ``epochs`` epochs."""
+    device = training_device()
+
+    def best(batches: Batches, augment: Callable[[torch.Tensor, int], torch.Tensor]) -> float:
+        return max(images_per_second(batches, augment, device) for _ in range(epochs))
+
+    def cached_augment(images: torch.Tensor, step: int) -> torch.Tensor:
+        generator = step_generator(0, step)
+        return random_flip(random_resized_crop(to_unit_range(images), generator), generator)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = PetsDataModule(root=tmp, source=str(sample), image_size=size, batch_size=batch,
+                              split=(1.0, 0.0, 0.0))  # fmt: skip
+        data.trainer = trainer(device, max_steps=1)  # asked for the device by setup()
+        data.prepare_data()
+        data.setup("fit")
+        loader = data.train_dataloader()
+        delivered = best(loader, lambda images, _: to_unit_range(images))
+        augmented = best(loader, cached_augment)
+
+        folder = Path(tmp) / "imagefolder"
+        for photo in sample.glob("*.jpg"):
+            label = "cat" if photo.name[0].isupper() else "dog"
+            (folder / label).mkdir(parents=True, exist_ok=True)
+            (folder / label / photo.name).symlink_to(photo)
+        transform = v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
+                                v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True)])  # fmt: skip
+        plain = DataLoader(datasets.ImageFolder(str(folder), transform=transform),
+                           batch_size=batch, shuffle=True)  # fmt: skip
+        decoded = best(plain, lambda images, _: images)
+
+    where = "GPU" if device.type == "cuda" else "CPU"
+    return Pipelines(len(data.datasets["train"]), size, batch, {
+        "ImageFolder + JPEG decode + torchvision transforms": decoded,
+        f"tinycats uint8 cache on the {where}, delivered as float": delivered,
+        f"tinycats uint8 cache on the {where} + batch crop and flip there": augmented,
+    })  # fmt: skip
+
+
+def table(result: Pipelines) -> str:
+    """Images/s of each pipeline and its speed-up over JPEG decoding."""
+    jpeg = next(iter(result.images_per_second.values()))
+    return markdown_table(
+        [f"pipeline ({result.photos} photos, {result.size} px, batch {result.batch})",
+         "images/s", "vs JPEG"],
+        [(name, f"{speed:,.0f}", f"{speed / jpeg:,.1f}x")
+         for name, speed in result.images_per_second.items()],
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -39,53 +107,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--sample", type=Path, default=SAMPLE)
+    parser.add_argument("--sample", type=Path, default=PHOTOS)
     args = parser.parse_args()
-
-    with tempfile.TemporaryDirectory() as tmp:
-        data = PetsDataModule(root=tmp, source=str(args.sample), image_size=args.size,
-                              batch_size=args.batch, split=(1.0, 0.0, 0.0))  # fmt: skip
-        data.prepare_data()
-        data.setup("fit")
-
-        def cached_augment(images, step):
-            generator = step_generator(0, step)
-            return random_flip(random_resized_crop(to_unit_range(images), generator), generator)
-
-        loader = data.train_dataloader()
-        delivered = max(
-            images_per_second(loader, lambda images, _: to_unit_range(images))
-            for _ in range(args.epochs)
-        )
-        augmented = max(images_per_second(loader, cached_augment) for _ in range(args.epochs))
-
-        folder = Path(tmp) / "imagefolder"
-        for photo in args.sample.glob("*.jpg"):
-            label = "cat" if photo.name[0].isupper() else "dog"
-            (folder / label).mkdir(parents=True, exist_ok=True)
-            (folder / label / photo.name).symlink_to(photo)
-        transform = v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(args.size, scale=(0.5, 1.0), antialias=True),
-                                v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True)])  # fmt: skip
-        plain = DataLoader(
-            datasets.ImageFolder(str(folder), transform=transform),
-            batch_size=args.batch,
-            shuffle=True,
-        )
-        decoded = max(
-            images_per_second(plain, lambda images, _: images) for _ in range(args.epochs)
-        )
-
-    print(
-        f"| pipeline ({len(data.datasets['train'])} photos, {args.size} px, batch {args.batch}) | images/s |"
-    )
-    print("|---|---:|")
-    print(f"| ImageFolder + JPEG decode + torchvision transforms | {decoded:,.0f} |")
-    print(
-        f"| tinycats uint8 cache, delivered as float | {delivered:,.0f} ({delivered / decoded:,.0f}x) |"
-    )
-    print(
-        f"| tinycats uint8 cache + batch crop and flip on this device | {augmented:,.0f} ({augmented / decoded:,.0f}x) |"
-    )
+    print(table(measure(args.size, args.epochs, args.batch, args.sample)))
 
 
 if __name__ == "__main__":

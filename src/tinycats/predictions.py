@@ -26,5 +26,6 @@ class PrintPredictions(BasePredictionWriter):
         paths = trainer.datamodule.hparams.predict_paths
         names = pl_module.hparams.class_names or [str(i) for i in range(prediction.shape[-1])]
         probability, label = prediction.max(dim=-1)
-        for index, p, k in zip(batch_indices, probability.tolist(), label.tolist(), strict=True):
+        indices = batch[1].tolist()  # the predict dataset pairs each image with its path index
+        for index, p, k in zip(indices, probability.tolist(), label.tolist(), strict=True):
             print(f"{paths[index]}\t{names[k]}\t{p:.3f}")

@@ -143,7 +143,8 @@ class PetsDataModule(L.LightningDataModule):
         if problems:
             raise TinyCatsError("Cannot predict on files that are not readable images: "
                                 + "; ".join(problems))  # fmt: skip
-        return TensorDataset(torch.stack(images), torch.full((len(images),), -1))
+        # In place of a label: each image's index in predict_paths, for printing the results.
+        return TensorDataset(torch.stack(images), torch.arange(len(images)))
 
     def _loader(self, split: str, shuffle: bool = False) -> StatefulDataLoader:
         # A stateful loader (Lightning checkpoints its position) over epoch-seeded batches: a
