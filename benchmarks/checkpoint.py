@@ -6,10 +6,9 @@ The costs come from the step split's fit (benchmarks/step_split.py), which check
 step and keeps five: the median over the timed steps of the checkpoint callback's time, against
 the median step without it. The warm-up steps, whose first save also creates the folder, are
 left out. The resume latency is a fresh ``tinycats fit`` process that continues a finished
-tiny-classifier run one step further: from process start to exit.
+one-step tiny-classifier run by one step: from process start to exit.
 """
 
-import argparse
 import subprocess
 import sys
 import tempfile
@@ -17,7 +16,7 @@ import time
 from pathlib import Path
 
 from benchmarks import step_split
-from benchmarks.harness import CONFIGS, REPO, markdown_table, prepare
+from benchmarks.harness import REPO, markdown_table, parse_args, prepare
 from benchmarks.step_split import StepSplit
 
 TINY = "tests/configs/classifier_tiny.yaml"
@@ -27,12 +26,12 @@ def resume_latency() -> float:
     """Seconds from process start until a run resumed one step before its end has finished."""
     with tempfile.TemporaryDirectory() as tmp:
         args = [sys.executable, "-m", "tinycats", "fit", "-c", TINY, f"--run.outputs={tmp}/out",
-                f"--data.root={tmp}/data", "--trainer.max_steps=7"]  # fmt: skip
+                f"--data.root={tmp}/data", "--trainer.max_steps=1"]  # fmt: skip
         subprocess.run(args, cwd=REPO, check=True, capture_output=True)
         run = next(Path(tmp, "out").rglob("summary.json")).parent
         (run / "summary.json").unlink()
         start = time.perf_counter()
-        subprocess.run([*args[:-1], "--trainer.max_steps=8"], cwd=REPO, check=True,
+        subprocess.run([*args[:-1], "--trainer.max_steps=2"], cwd=REPO, check=True,
                        capture_output=True)  # fmt: skip
         return time.perf_counter() - start
 
@@ -55,13 +54,8 @@ def table(rows: list[StepSplit], resume_seconds: float | None) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated configs")
-    parser.add_argument("--quick", action="store_true", help="CI sizes: 2 images, 2 timed steps")
-    args = parser.parse_args()
-    with prepare(args.configs.split(","), args.quick) as setup:
+    args = parse_args(__doc__)
+    with prepare(args.quick, args.configs) as setup:
         rows = step_split.measure(setup)
     print(table(rows, resume_latency()))
 
