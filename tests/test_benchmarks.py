@@ -1,0 +1,81 @@
+"""The benchmark suite runs end to end and writes its report; its speed is never asserted."""
+
+import itertools
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+SUMMARY_COLUMNS = [
+    "config", "batch", "img/s", "data", "forward+backward", "optimizer", "checkpoint", "other",
+    "TFLOP/s", "% of peak", "Lightning vs raw", "import s", "first step s",
+]  # fmt: skip
+
+
+def first_table(report: str, heading: str) -> list[list[str]]:
+    """The cells of the first Markdown table after ``heading``, header row first."""
+    lines = report.split(heading, 1)[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    table = itertools.takewhile(lambda line: line.startswith("|"), lines[start:])
+    return [[cell.strip() for cell in line.strip("|").split("|")]
+            for line in table if not set(line) <= set("|-: ")]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_the_quick_suite_writes_the_summary_and_every_part(pets_sample, tmp_path) -> None:
+    out = tmp_path / "results.md"
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=1200)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = out.read_text()
+    for heading in ("## Machine", "## Summary", "## Training throughput", "## Step split",
+                    "## Checkpoints", "## Data pipeline", "## Cold start"):  # fmt: skip
+        assert heading in report
+    for line in (
+        r"- date: \d{4}-\d\d-\d\d",
+        r"- CPU: .+, \d+ cores",
+        r"- RAM: \d+ GiB",
+        r"- GPU: ",
+    ):
+        assert re.search(line, report), line
+    assert f"torch {torch.__version__}" in report and "--quick" in report
+
+    header, *rows = first_table(report, "## Summary")
+    assert header == SUMMARY_COLUMNS
+    assert [row[0] for row in rows] == [
+        "tests/configs/classifier_tiny.yaml",
+        "tests/configs/dit_tiny.yaml",
+    ]
+    for row in rows:
+        shares = [float(cell.rstrip("%")) for cell in row[3:8]]
+        assert sum(shares) == pytest.approx(100, abs=0.5)  # the parts make up the whole step
+        assert all(float(cell.replace(",", "")) > 0 for cell in (row[2], row[11], row[12]))
+
+
+@pytest.mark.parametrize(
+    ("name", "tflops"),
+    [
+        ("NVIDIA H100 80GB HBM3", 989),
+        ("NVIDIA H100 PCIe", 756),
+        ("NVIDIA H200", 989),
+        ("NVIDIA A100-SXM4-80GB", 312),
+        ("NVIDIA L40S", 362),
+        ("NVIDIA L4", 121),
+        ("NVIDIA A10", 125),
+        ("Tesla T4", 65),
+        ("NVIDIA A10G", None),  # not in the table: the peak measured in the run
+    ],
+)
+def test_gpu_peaks_are_the_published_ones_or_the_measured_one(name, tflops, monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO))
+    from benchmarks.throughput import device_peak
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    peak = device_peak(torch.device("cuda"), measured=1.0)
+    assert peak.flops == (1.0 if tflops is None else tflops * 1e12)
+    assert name in peak.source
