@@ -44,10 +44,10 @@ def test_bf16_autocast_gives_the_float32_loss_within_tolerance(batch) -> None:
 def test_precision_is_bf16_on_gpus_that_have_it_unless_set(monkeypatch) -> None:
     assert auto_precision(None) is None  # this CPU: Lightning's default, 32-true
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda **_: True)
     assert auto_precision(None) == "bf16-mixed"
     assert auto_precision("32-true") == "32-true"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda **_: False)
     assert auto_precision(None) is None
 
 

@@ -1,5 +1,9 @@
-"""Linear warm-up then cosine decay, built from torch's own schedulers."""
+"""The optimizer both models train with: AdamW, then linear warm-up and cosine decay."""
 
+from typing import Any
+
+import lightning as L
+import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 
@@ -21,3 +25,16 @@ def warmup_cosine(
         return cosine
     ramp = LinearLR(optimizer, start_factor=1 / (warmup + 1), total_iters=warmup)
     return SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
+
+
+def adamw_warmup_cosine(module: L.LightningModule) -> dict[str, Any]:
+    """``configure_optimizers`` for a module whose hparams hold lr, weight_decay, warmup_fraction."""
+    hparams = module.hparams
+    optimizer = torch.optim.AdamW(
+        module.parameters(), lr=hparams.lr, weight_decay=hparams.weight_decay,
+        fused=module.device.type == "cuda",
+    )  # fmt: skip
+    # The horizon comes from the trainer (max_steps or epochs × batches), never from a constant.
+    total = int(module.trainer.estimated_stepping_batches)
+    scheduler = warmup_cosine(optimizer, total, hparams.warmup_fraction)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -18,7 +18,8 @@ def auto_precision(requested: str | None) -> str | None:
     """The Trainer precision: as requested, else bf16-mixed on a GPU that has bfloat16."""
     if requested is not None or not torch.cuda.is_available():
         return requested
-    return "bf16-mixed" if torch.cuda.is_bf16_supported() else None
+    # Native bf16 only: a T4 emulates it, slower than its fp16/fp32 paths.
+    return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else None
 
 
 def allow_tf32(enabled: bool) -> None:

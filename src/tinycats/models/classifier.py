@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -17,7 +18,7 @@ from torchmetrics.classification import (
 
 from tinycats.augment import color_jitter, random_flip, random_resized_crop, to_unit_range
 from tinycats.evaluation.report import write_report
-from tinycats.lr_schedule import warmup_cosine
+from tinycats.lr_schedule import adamw_warmup_cosine
 from tinycats.performance import CompiledOrEager
 from tinycats.randomness import step_generator
 
@@ -126,18 +127,8 @@ class CatClassifier(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._write_confusion("test", self.test_confusion)
 
-    def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
-            fused=self.device.type == "cuda",
-        )  # fmt: skip
-        # The horizon comes from the trainer (max_steps or epochs × batches), never from a constant.
-        total = self.trainer.estimated_stepping_batches
-        scheduler = warmup_cosine(optimizer, int(total), self.hparams.warmup_fraction)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+    def configure_optimizers(self) -> dict[str, Any]:
+        return adamw_warmup_cosine(self)
 
     def _evaluate(
         self, batch, metrics: MetricCollection, confusion: MulticlassConfusionMatrix

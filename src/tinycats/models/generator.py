@@ -1,6 +1,7 @@
 """DiTGenerator: trains a TinyDiT by rectified flow, with EMA weights and sample grids."""
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -11,7 +12,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from tinycats.augment import random_flip, to_unit_range
 from tinycats.errors import TinyCatsError
 from tinycats.grid import save_labelled_grid
-from tinycats.lr_schedule import warmup_cosine
+from tinycats.lr_schedule import adamw_warmup_cosine
 from tinycats.models.dit import build_dit
 from tinycats.models.flow import flow_loss, sample
 from tinycats.performance import CompiledOrEager
@@ -213,18 +214,8 @@ class DiTGenerator(L.LightningModule):
             )
         ]
 
-    def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
-            fused=self.device.type == "cuda",
-        )  # fmt: skip
-        # The horizon comes from the trainer (max_steps or epochs × batches), never from a constant.
-        total = self.trainer.estimated_stepping_batches
-        scheduler = warmup_cosine(optimizer, int(total), self.hparams.warmup_fraction)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
-        }
+    def configure_optimizers(self) -> dict[str, Any]:
+        return adamw_warmup_cosine(self)
 
     def _save_sample_grid(self, path: Path) -> None:
         """Write one row of EMA samples per class to ``path``."""
