@@ -10,7 +10,7 @@ import pytest
 import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from tinycats.checkpoint import CheckpointPolicy, build_checkpoints
+from tinycats.checkpoint import CheckpointPolicy, build_checkpoints, no_commit
 from tinycats.cli import run_cli
 from tinycats.run import RunSpec, resolve_run_dir
 
@@ -42,6 +42,28 @@ def test_keeps_the_newest_five_and_commits_after_every_save_and_prune(tmp_path: 
     assert len(commit.snapshots) == saves + prunes
     assert all(not any(n.endswith(".partial") for n in snapshot) for snapshot in commit.snapshots)
     assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 12
+
+
+@pytest.mark.parametrize(("max_steps", "last_step"), [(6, 6), (5, 5)])
+def test_last_ckpt_copies_the_step_file_of_its_step_instead_of_saving_again(
+    tmp_path: Path, monkeypatch, max_steps: int, last_step: int
+) -> None:
+    callbacks = build_checkpoints(CheckpointPolicy(every_n_train_steps=2), tmp_path, no_commit)
+    trainer = L.Trainer(max_steps=max_steps, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=callbacks, limit_val_batches=0)  # fmt: skip
+    serialized: list[str] = []
+    save = trainer.save_checkpoint
+    monkeypatch.setattr(trainer, "save_checkpoint",
+                        lambda path, *args, **kwargs: (serialized.append(Path(path).name),
+                                                       save(path, *args, **kwargs)))  # fmt: skip
+    trainer.fit(BoringModel())
+    steps = [f"step={s:08d}.ckpt.partial" for s in range(2, max_steps + 1, 2)]
+    # A step that ends the run without a step file is serialized into last.ckpt itself.
+    assert serialized == steps + (["last.ckpt.partial"] if max_steps % 2 else [])
+    last = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert last["global_step"] == last_step
+    if not max_steps % 2:
+        assert (tmp_path / "last.ckpt").read_bytes() == (tmp_path / steps[-1][:-8]).read_bytes()
 
 
 def test_an_empty_run_date_is_today_and_an_explicit_one_survives_midnight(tmp_path: Path) -> None:

@@ -4,11 +4,14 @@
   never leaves a truncated checkpoint under a real name.
 - ``commit`` (the Modal volume's commit, a no-op locally) runs on global rank 0 after each
   completed file and after each prune: what is on the volume is always a whole checkpoint.
+- ``last.ckpt`` after a step checkpoint of the same step is a copy of that file, not a second
+  serialisation of the model: half the work and half the bytes written per checkpoint.
 - SIGINT, Modal's preemption signal, is handled like SIGTERM: Lightning stops at the next batch
   boundary and this callback writes ``last.ckpt`` there, so the resumed run is exact.
 """
 
 import os
+import shutil
 import signal
 import threading
 from collections.abc import Callable
@@ -69,7 +72,16 @@ class VolumeCheckpoint(ModelCheckpoint):
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         partial = f"{filepath}.partial"
-        super()._save_checkpoint(trainer, partial)
+        just_saved = self._last_checkpoint_saved
+        step_file_of_this_step = (
+            self._last_global_step_saved == trainer.global_step and just_saved not in ("", filepath)
+        )
+        if filepath == self.last_model_path and step_file_of_this_step:
+            # The same state was just written to the step file; only rank 0 writes files.
+            if trainer.is_global_zero:
+                shutil.copyfile(just_saved, partial)
+        else:
+            super()._save_checkpoint(trainer, partial)
         self._last_checkpoint_saved = filepath
         if trainer.is_global_zero:
             os.replace(partial, filepath)
