@@ -110,3 +110,19 @@ def test_the_dit_falls_back_to_eager_with_the_same_loss(monkeypatch) -> None:
     via_fallback = flow_loss(model._compiled, x0, labels, noise=noise, t=t)
     assert torch.equal(via_fallback, flow_loss(model.model, x0, labels, noise=noise, t=t))
     assert model._compiled.compiled is None  # it gave up on compiling after the failure
+
+
+def test_fused_adamw_is_the_optimizer_and_takes_the_plain_step(batch) -> None:
+    fused, plain = classifier().train(), classifier().train()
+    fused.trainer = L.Trainer(accelerator="cpu", max_steps=10, logger=False)
+    optimizer = fused.configure_optimizers()["optimizer"]
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"]
+    reference = torch.optim.AdamW(plain.parameters(), **{
+        k: optimizer.defaults[k] for k in ("lr", "weight_decay", "betas", "eps")
+    }, foreach=False)  # fmt: skip
+    for model, step in ((fused, optimizer), (plain, reference)):
+        loss_of(model, batch).backward()
+        step.step()
+    for after_fused, after_plain in zip(fused.parameters(), plain.parameters(), strict=True):
+        assert torch.allclose(after_fused, after_plain, atol=1e-6)
+    assert not torch.equal(fused.net.fc.weight, classifier().net.fc.weight)  # it did move

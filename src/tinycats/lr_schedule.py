@@ -30,10 +30,11 @@ def warmup_cosine(
 def adamw_warmup_cosine(module: L.LightningModule) -> dict[str, Any]:
     """``configure_optimizers`` for a module whose hparams hold lr, weight_decay, warmup_fraction."""
     hparams = module.hparams
+    # One fused kernel for all parameters, on the GPU and the CPU (3.6x faster than the
+    # default multi-tensor step for the DiT on 2 CPU cores: plans/0009).
     optimizer = torch.optim.AdamW(
-        module.parameters(), lr=hparams.lr, weight_decay=hparams.weight_decay,
-        fused=module.device.type == "cuda",
-    )  # fmt: skip
+        module.parameters(), lr=hparams.lr, weight_decay=hparams.weight_decay, fused=True
+    )
     # The horizon comes from the trainer (max_steps or epochs × batches), never from a constant.
     total = int(module.trainer.estimated_stepping_batches)
     scheduler = warmup_cosine(optimizer, total, hparams.warmup_fraction)
