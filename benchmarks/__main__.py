@@ -47,21 +47,15 @@ def main() -> None:
     began, load = time.perf_counter(), os.getloadavg()
     device = training_device()
 
-    # Other work on a shared machine only ever lowers a measurement: the peak is the best of
-    # several, taken before, between and after the parts.
-    peaks = [throughput.matmul_peak(device)]
     with prepare(args.quick) as setup:
         speeds = throughput.measure(setup)
-        peaks.append(throughput.matmul_peak(device))
         splits = step_split.measure(setup)
-        peaks.append(throughput.matmul_peak(device))
         starts = [cold_start.first_step(w.config, setup, args.quick) for w in setup.workloads]
         sizes = setup.sizes
     pipelines = data_pipeline.measure(epochs=1 if args.quick else 3)
     resume = checkpoint.resume_latency()
     container = cold_start.measure(repeats=1 if args.quick else 3, retry=not args.quick)
-    peaks.append(throughput.matmul_peak(device))
-    peak = throughput.device_peak(device, max(peaks))
+    peak = throughput.measured_peak(speeds, device)
 
     mode = ("`--quick` (CI sizes; not for comparing)" if args.quick else "full") + (
         f": {sizes.warmup} warm-up + {sizes.steps} timed steps per measurement"

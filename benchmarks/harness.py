@@ -16,7 +16,6 @@ import inspect
 import itertools
 import logging
 import math
-import statistics
 import tempfile
 import time
 import warnings
@@ -236,11 +235,6 @@ class StepTimer(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
         synchronize(pl_module.device)
         self.stamps.append(time.perf_counter())
-
-
-def median_step(stamps: Sequence[float]) -> float:
-    """The median time between consecutive step starts: robust to a busy machine's hiccups."""
-    return statistics.median(b - a for a, b in itertools.pairwise(stamps))
 
 
 def quiet() -> None:

@@ -3,32 +3,40 @@ Trainer costs over a minimal PyTorch loop of the same model.
 
     python -m benchmarks.throughput [--configs configs/dit.yaml,...] [--quick]
 
-Both loops run the same LightningModule on the same data module's batches: the raw loop calls
-its ``training_step`` (augmentation and loss included), ``backward``, an AdamW step and
-``zero_grad`` in a plain ``for`` loop, under bf16 autocast where the Trainer would use
-bf16-mixed; the Lightning loop is ``Trainer.fit`` of it. Neither updates the EMA nor
-checkpoints (the step split and the checkpoint part measure those). Times are medians over the
-timed steps after the warm-up, the better of two rounds in which the loops alternate. FLOPs are
-counted by torch's FlopCounterMode on one forward and backward of the training step.
+Both loops run the same LightningModule class, from the same initial weights, on the same data
+module's batches. The raw loop calls its ``training_step`` (augmentation and loss included),
+``backward``, an AdamW step and ``zero_grad``, under bf16 autocast where the Trainer would use
+bf16-mixed; the Lightning loop is ``Trainer.fit`` of a twin module. Neither updates the EMA nor
+checkpoints (the step split and the checkpoint part measure those).
 
-The peak is, on a CPU, the fp32 matmul peak measured in the same run; on a GPU, the chip's
-published dense bf16 peak (PUBLISHED_BF16_PEAKS), or where the chip is not in that table the
-bf16 matmul peak measured in the same run.
+The two loops run **in step**: after each Lightning step, a callback runs one raw step and then
+a few matmuls, and each is timed on its own. A shared machine's slow spells so land on both
+loops and on the peak alike, and the comparison is the median over steps of each step's pair
+(Lightning's step is the time between its step starts less the raw step and matmuls run in
+between). FLOPs are counted by torch's FlopCounterMode on one forward and backward of the
+training step.
+
+The peak is, on a CPU, the fp32 matmul rate measured between the timed steps (the median over
+steps of the fastest of three 2048² matmuls, so it sees the same spells as the steps); on a
+GPU, the chip's published dense bf16 peak (PUBLISHED_BF16_PEAKS), or where the chip is not in
+that table the bf16 matmul rate measured between the steps.
 """
 
+import itertools
 import re
+import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
+import lightning as L
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.harness import (
     Setup,
-    StepTimer,
     Workload,
     markdown_table,
-    median_step,
     outside_fit,
     parse_args,
     prepare,
@@ -36,8 +44,6 @@ from benchmarks.harness import (
     trainer,
 )
 from tinycats.performance import auto_precision
-
-ROUNDS = 2
 
 # Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's datasheets, in FLOP/s, matched against
 # torch.cuda.get_device_name() in this order. The datasheets print the sparse figure, twice these.
@@ -63,26 +69,39 @@ class Peak:
 
 @dataclass(frozen=True)
 class Throughput:
-    """One workload's step in a raw loop and in Lightning."""
+    """One workload's steps, Lightning's and the raw loop's in pairs, and the matmul rate."""
 
     config: str
     params: int
     batch: int
     flops: int  # per training step
-    raw: float  # seconds per step
-    lightning: float
+    raw: list[float]  # seconds of each timed step
+    lightning: list[float]  # seconds of the Lightning step paired with each raw step
+    matmul: list[float]  # FLOP/s of the matmuls run after each pair
+
+    @property
+    def lightning_seconds(self) -> float:
+        return statistics.median(self.lightning)
+
+    @property
+    def raw_seconds(self) -> float:
+        return statistics.median(self.raw)
 
     @property
     def lightning_overhead(self) -> float:
-        return self.lightning / self.raw - 1
+        """Lightning's step over the raw one: the median of the steps' ratios, less one."""
+        return (
+            statistics.median(ln / raw for ln, raw in zip(self.lightning, self.raw, strict=True))
+            - 1
+        )
 
 
-def matmul_peak(device: torch.device) -> float:
-    """FLOP/s of the fastest of ten big square matmuls: fp32 on a CPU, bf16 on a GPU."""
+def matmul_rate(device: torch.device, repeats: int = 3) -> float:
+    """FLOP/s of the fastest of a few big square matmuls: fp32 on a CPU, bf16 on a GPU."""
     n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     best = float("inf")
-    for _ in range(10):
+    for _ in range(repeats):
         synchronize(device)
         start = time.perf_counter()
         a @ b
@@ -94,12 +113,19 @@ def matmul_peak(device: torch.device) -> float:
 def device_peak(device: torch.device, measured: float) -> Peak:
     """The peak that FLOP/s are compared with (see the module docstring)."""
     if device.type != "cuda":
-        return Peak(measured, "fp32 matmul peak measured in this run (the fastest 2048² matmul)")
+        return Peak(measured, "fp32 matmul rate measured between the timed steps (median of "
+                    "the fastest of three 2048² matmuls after each step)")  # fmt: skip
     name = torch.cuda.get_device_name(device)
     for pattern, flops, source in PUBLISHED_BF16_PEAKS:
         if re.search(pattern, name):
             return Peak(flops, f"published dense bf16 peak of the {name} ({source})")
-    return Peak(measured, f"bf16 matmul peak measured in this run ({name} is not in the table)")
+    return Peak(measured, f"bf16 matmul rate measured between the timed steps ({name} is not "
+                "in the table)")  # fmt: skip
+
+
+def measured_peak(rows: list[Throughput], device: torch.device) -> Peak:
+    """The device's peak, with the matmul rates of all rows as the measured one."""
+    return device_peak(device, statistics.median(rate for row in rows for rate in row.matmul))
 
 
 def step_flops(workload: Workload, setup: Setup) -> int:
@@ -111,58 +137,81 @@ def step_flops(workload: Workload, setup: Setup) -> int:
     return counter.get_total_flops()
 
 
-def raw_seconds(workload: Workload, setup: Setup) -> float:
-    """Median seconds per step of the plain PyTorch loop (see the module docstring)."""
-    module, loader = outside_fit(workload.module(), workload.data(setup), setup)
-    cuda = setup.device.type == "cuda"
-    optimizer = torch.optim.AdamW(module.parameters(), lr=module.hparams.lr,
-                                  weight_decay=module.hparams.weight_decay, fused=cuda)  # fmt: skip
-    bf16 = auto_precision(None) == "bf16-mixed"
-    first, last = setup.sizes.warmup, setup.sizes.warmup + setup.sizes.steps
-    stamps = []
-    for step, (images, labels) in enumerate(loader):
-        if step >= first:
-            synchronize(setup.device)
-            stamps.append(time.perf_counter())
-        if step == last:
-            break
-        batch = images.to(setup.device, non_blocking=True), labels.to(setup.device)
-        with torch.autocast(setup.device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = module.training_step(batch, step)
+class RawLoop:
+    """A plain PyTorch training loop over a fresh copy of the workload's module, one step a call."""
+
+    def __init__(self, workload: Workload, setup: Setup) -> None:
+        self.device = setup.device
+        self.module, loader = outside_fit(workload.module(), workload.data(setup), setup)
+        self.batches: Iterator = iter(loader)
+        self.optimizer = torch.optim.AdamW(
+            self.module.parameters(), lr=self.module.hparams.lr,
+            weight_decay=self.module.hparams.weight_decay, fused=True,
+        )  # fmt: skip
+        self.bf16 = auto_precision(None) == "bf16-mixed"
+        self.steps = 0
+
+    def step(self) -> float:
+        """Train one step and return its seconds, the next batch's fetch included."""
+        synchronize(self.device)
+        start = time.perf_counter()
+        images, labels = next(self.batches)
+        batch = images.to(self.device, non_blocking=True), labels.to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = self.module.training_step(batch, self.steps)
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return median_step(stamps)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        synchronize(self.device)
+        self.steps += 1
+        return time.perf_counter() - start
 
 
-def lightning_seconds(workload: Workload, setup: Setup) -> float:
-    """Median seconds per step of ``Trainer.fit``, with the EMA starting after the last step."""
-    total = setup.sizes.warmup + setup.sizes.steps + 1
-    timer = StepTimer()
-    trainer(setup.device, total, callbacks=[timer]).fit(
-        workload.module(ema_start_step=total + 1), datamodule=workload.data(setup)
-    )
-    return median_step(timer.stamps[setup.sizes.warmup :])
+class InStep(L.Callback):
+    """Runs a raw step and a matmul sample after each Lightning step, timing each on its own."""
+
+    def __init__(self, raw: RawLoop) -> None:
+        self.raw = raw
+        self.starts: list[float] = []  # Lightning's step starts
+        self.between: list[float] = []  # seconds spent here after each step
+        self.raw_steps: list[float] = []
+        self.matmul: list[float] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
+        synchronize(pl_module.device)
+        self.starts.append(time.perf_counter())
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        start = time.perf_counter()
+        self.raw_steps.append(self.raw.step())
+        self.matmul.append(matmul_rate(pl_module.device))
+        self.between.append(time.perf_counter() - start)
+
+    def lightning_steps(self) -> list[float]:
+        """Seconds of each Lightning step: between its start and the next, less the time here."""
+        pairs = zip(itertools.pairwise(self.starts), self.between[:-1], strict=True)
+        return [end - start - here for (start, end), here in pairs]
 
 
 def measure(setup: Setup) -> list[Throughput]:
-    """Throughput of every workload of ``setup``."""
+    """Throughput of every workload of ``setup``, the two loops in step."""
     rows = []
     for workload in setup.workloads:
-        # The loops alternate, each keeping its best round: other work on a shared machine
-        # only ever slows a loop down, and both see the same spells of it.
-        raw = lightning = float("inf")
-        for _ in range(ROUNDS):
-            raw = min(raw, raw_seconds(workload, setup))
-            lightning = min(lightning, lightning_seconds(workload, setup))
+        paired = InStep(RawLoop(workload, setup))
+        total = setup.sizes.warmup + setup.sizes.steps + 1
+        trainer(setup.device, total, callbacks=[paired]).fit(
+            workload.module(ema_start_step=total + 1), datamodule=workload.data(setup)
+        )
+        timed = slice(setup.sizes.warmup, total - 1)
         rows.append(
             Throughput(
                 config=workload.config,
                 params=sum(p.numel() for p in workload.module().parameters()),
                 batch=workload.batch,
                 flops=step_flops(workload, setup),
-                raw=raw,
-                lightning=lightning,
+                raw=paired.raw_steps[timed],
+                lightning=paired.lightning_steps()[timed],
+                matmul=paired.matmul[timed],
             )
         )
     return rows
@@ -174,10 +223,10 @@ def table(rows: list[Throughput], peak: Peak) -> str:
               "Lightning vs raw", "Lightning img/s", "TFLOP/s", "% of peak"]  # fmt: skip
     return markdown_table(header, [
         (row.config, f"{row.params / 1e6:.1f}M", row.batch, f"{row.flops / 1e9:,.1f}",
-         f"{1000 * row.raw:,.1f}", f"{1000 * row.lightning:,.1f}",
-         f"{row.lightning_overhead:+.1%}", f"{row.batch / row.lightning:,.1f}",
-         f"{row.flops / row.lightning / 1e12:.3f}",
-         f"{row.flops / row.lightning / peak.flops:.1%}")
+         f"{1000 * row.raw_seconds:,.1f}", f"{1000 * row.lightning_seconds:,.1f}",
+         f"{row.lightning_overhead:+.1%}", f"{row.batch / row.lightning_seconds:,.1f}",
+         f"{row.flops / row.lightning_seconds / 1e12:.3f}",
+         f"{row.flops / row.lightning_seconds / peak.flops:.1%}")
         for row in rows
     ])  # fmt: skip
 
@@ -185,10 +234,8 @@ def table(rows: list[Throughput], peak: Peak) -> str:
 def main() -> None:
     args = parse_args(__doc__)
     with prepare(args.quick, args.configs) as setup:
-        measured = matmul_peak(setup.device)
         rows = measure(setup)
-        # Other work on a shared machine only ever lowers a measurement: keep the better of two.
-        peak = device_peak(setup.device, max(measured, matmul_peak(setup.device)))
+        peak = measured_peak(rows, setup.device)
     print(f"Peak: {peak.flops / 1e12:,.3f} TFLOP/s, the {peak.source}.\n")
     print(table(rows, peak))
 
