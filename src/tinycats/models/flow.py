@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tinycats.randomness import generator_on
+
 VelocityModel = Callable[[Tensor, Tensor, Tensor], Tensor]
 """Any callable model(x_t, t, y) -> velocity, such as a `TinyDiT`."""
 
@@ -72,9 +74,8 @@ def flow_loss(
 ) -> Tensor:
     """Mean squared error between the model's velocity at a random x_t and noise - x0."""
     if noise is None:
-        draw_device = generator.device if generator is not None else x0.device
-        noise = torch.randn(x0.shape, generator=generator, device=draw_device, dtype=x0.dtype)
-        noise = noise.to(x0.device)
+        on_device = generator_on(x0.device, generator) if generator is not None else None
+        noise = torch.randn(x0.shape, generator=on_device, device=x0.device, dtype=x0.dtype)
     if t is None:
         t = sample_timesteps(x0.shape[0], schedule=schedule, generator=generator, device=x0.device)
     t = t.to(x0.dtype)
