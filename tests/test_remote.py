@@ -296,7 +296,7 @@ def test_fit_commits_resumes_after_a_kill_and_returns_a_finished_run(
     assert Path(first["run_dir"]) == run
     # The data volume is committed once, when the image cache is built.
     assert len(storage.commits.data.snapshots) == 1
-    assert any(name.startswith("cache/images-32px") for name in storage.commits.data.snapshots[0])
+    assert any(name.startswith("cache/images-24px") for name in storage.commits.data.snapshots[0])
     # Every checkpoint, and finally the summary, reached the outputs volume through a commit.
     steps = [f"step={s:08d}.ckpt" for s in (2, 4)]
     prefix = f"checkpoints/classifier/{RUN_DATE}/tiny/"
