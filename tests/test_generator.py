@@ -41,8 +41,9 @@ def _synthetic_folder(root: Path, classes: int, per_class: int) -> Path:
 
 @pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
-    """Train the tiny DiT on one thread: its ops are too small to split, and two threads mostly
-    wait for each other (400 steps: 15 s against 58 s on a busy 2-core machine, same result)."""
+    """Train the tiny DiT on one thread: its ops are too small to split, and on a busy machine two
+    threads mostly wait for each other (400 steps: 15 s against 58 s on a loaded 2-core machine,
+    the same result; on an idle one 13 s against 11 s)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
