@@ -105,7 +105,7 @@ def sizes_for(device: torch.device, quick: bool) -> Sizes:
     """Enough steps for a stable median; on a CPU, few, as each takes seconds."""
     if quick:
         return Sizes(warmup=2, steps=3)
-    return Sizes(warmup=5, steps=20) if device.type == "cuda" else Sizes(warmup=2, steps=4)
+    return Sizes(warmup=5, steps=20) if device.type == "cuda" else Sizes(warmup=2, steps=8)
 
 
 def load_workload(config: str, device: torch.device, quick: bool) -> Workload:
