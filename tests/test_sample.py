@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms.functional import pil_to_tensor
 
 from tinycats.cli import EXIT_USAGE, main
 from tinycats.grid import PADDING, save_labelled_grid
@@ -117,7 +118,7 @@ def test_grid_labels_each_row(tmp_path: Path):
     images = torch.zeros(6, 3, SIZE, SIZE)  # black images: any dark pixel in the margin is text
     save_labelled_grid(images, ["Bengal", "Maine_Coon"], tmp_path / "grid.png")
     with Image.open(tmp_path / "grid.png") as grid:
-        pixels = torch.tensor(list(grid.convert("L").getdata())).view(grid.height, grid.width)
+        pixels = pil_to_tensor(grid.convert("L"))[0]
     assert grid.height == 2 * (SIZE + PADDING) + PADDING
     margin = grid.width - (3 * (SIZE + PADDING) + PADDING)
     for row in range(2):

@@ -173,6 +173,8 @@ def run_cli(
         # Continuing a run reuses its directory on purpose; and ``args`` is how we call it.
         warnings.filterwarnings("ignore", message=".*exists and is not empty")
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        # torchdata's StatefulDataLoader calls this deprecated torch API itself; nothing to fix here.
+        warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
         cli = TinyCatsCLI(args=args, commit_outputs=commit_outputs, commit_data=commit_data)
     return cli.summary
 
