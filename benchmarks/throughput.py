@@ -206,7 +206,7 @@ def measure(setup: Setup) -> list[Throughput]:
         rows.append(
             Throughput(
                 config=workload.config,
-                params=sum(p.numel() for p in workload.module().parameters()),
+                params=sum(p.numel() for p in paired.raw.module.parameters()),
                 batch=workload.batch,
                 flops=step_flops(workload, setup),
                 raw=paired.raw_steps[timed],
