@@ -35,7 +35,7 @@ from benchmarks.harness import (
     trainer,
     training_device,
 )
-from tinycats.performance import allow_tf32
+from tinycats.models.performance import allow_tf32
 
 REMOTE = REPO / "src/tinycats/remote.py"
 TINY = REPO / "tests/configs/classifier_tiny.yaml"

@@ -21,9 +21,9 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from benchmarks.harness import PHOTOS, markdown_table, synchronize, trainer, training_device
-from tinycats.augment import random_flip, random_resized_crop, to_unit_range
 from tinycats.data import PetsDataModule
-from tinycats.randomness import step_generator
+from tinycats.networks.augment import random_flip, random_resized_crop, to_unit_range
+from tinycats.networks.randomness import step_generator
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 

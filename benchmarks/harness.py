@@ -32,7 +32,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from tinycats.data import PetsDataModule
 from tinycats.data.catalog import build_catalog, class_names_for
-from tinycats.performance import allow_tf32, auto_precision
+from tinycats.models.performance import allow_tf32, auto_precision
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = REPO.parent / "shared/data/oxford-pets-sample/images"

@@ -34,7 +34,7 @@ from benchmarks.harness import (
     synchronize_after,
     trainer,
 )
-from tinycats.checkpoint import CheckpointPolicy, build_checkpoints
+from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints
 
 KEEP_LAST = 5
 

@@ -43,7 +43,7 @@ from benchmarks.harness import (
     synchronize,
     trainer,
 )
-from tinycats.performance import auto_precision
+from tinycats.models.performance import auto_precision
 
 # Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's datasheets, in FLOP/s, matched against
 # torch.cuda.get_device_name() in this order. The datasheets print the sparse figure, twice these.

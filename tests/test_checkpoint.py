@@ -10,9 +10,9 @@ import pytest
 import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from tinycats.checkpoint import CheckpointPolicy, build_checkpoints, no_commit
 from tinycats.cli import run_cli
-from tinycats.run import RunSpec, resolve_run_dir
+from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints, no_commit
+from tinycats.runs.run_dir import RunSpec, resolve_run_dir
 
 TINY = "tests/configs/classifier_tiny.yaml"
 
@@ -96,7 +96,7 @@ def test_pruning_continues_in_the_same_directory_after_a_date_change(
         def today(cls) -> dt.date:
             return cls.now
 
-    monkeypatch.setattr("tinycats.run.dt.date", Clock)
+    monkeypatch.setattr("tinycats.runs.run_dir.dt.date", Clock)
     commits: list[int] = []
     with pytest.raises(SystemExit):  # stopped as a preempted run is, after step 4
         run_cli([*args, "--trainer.max_steps=8", "--trainer.callbacks+=helpers.stop.StopAtStep",

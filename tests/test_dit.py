@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from tinycats.models.dit import DIT_CONFIGS, TinyDiT, build_dit, patchify, unpatchify
+from tinycats.networks.dit import DIT_CONFIGS, TinyDiT, build_dit, patchify, unpatchify
 
 
 def _inputs(model: TinyDiT, batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:

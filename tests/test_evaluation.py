@@ -14,7 +14,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 from torchmetrics.functional.classification import multiclass_accuracy, multiclass_f1_score
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-import tinycats.evaluate_generator
+import tinycats.commands.evaluate
 from tinycats.cli import EXIT_USAGE, main, run_cli
 from tinycats.errors import TinyCatsError
 from tinycats.evaluation.generator_metrics import (
@@ -29,8 +29,8 @@ from tinycats.evaluation.memorisation import (
     nearest_neighbours,
     save_nearest_pairs,
 )
-from tinycats.evaluation.report import classification_report, write_report
 from tinycats.models import DiTGenerator
+from tinycats.models.report import classification_report, write_report
 
 CONFIGS = Path(__file__).parent / "configs"
 SIZE = 16
@@ -185,7 +185,7 @@ def test_evaluate_generator_scores_a_tiny_run(pets_sample: Path, tmp_path: Path,
           "--data.root", str(tmp_path / "data"), "--data.source", str(pets_sample)])  # fmt: skip
     (run,) = (tmp_path / "checkpoints" / "dit").glob("*/tiny")
     # Inception's weights would need a download: the small extractor takes its place.
-    monkeypatch.setattr(tinycats.evaluate_generator, "inception_extractor",
+    monkeypatch.setattr(tinycats.commands.evaluate, "inception_extractor",
                         lambda weights_path: SmallFeatures())  # fmt: skip
     with redirect_stdout(io.StringIO()) as printed:
         main(["evaluate-generator", "--ckpt", str(run), "--n", "3", "--steps", "2",

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from tinycats.cli import EXIT_USAGE, main
-from tinycats.export import quantize_int8
+from tinycats.commands.export import quantize_int8
+from tinycats.commands.onnx_sampler import class_names, load_velocity, onnx_sample
 from tinycats.models import CatClassifier, DiTGenerator
-from tinycats.models.flow import sample
-from tinycats.onnx_sampler import class_names, load_velocity, onnx_sample
+from tinycats.networks.flow import sample
 
 TOLERANCE = 1e-4  # largest absolute difference allowed between onnxruntime and PyTorch
 CLASSIFIER_SIZE = 32
@@ -122,7 +122,7 @@ def test_onnx_sampler_matches_the_pytorch_sampler(dit_export, cfg_scale: float):
 
 
 def test_onnx_sampler_needs_no_torch():
-    code = "import sys, tinycats.onnx_sampler; assert 'torch' not in sys.modules"
+    code = "import sys, tinycats.commands.onnx_sampler; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 

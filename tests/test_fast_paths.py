@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from tinycats.data import PetsDataModule
 from tinycats.models import CatClassifier
-from tinycats.performance import CompiledOrEager, auto_precision
+from tinycats.models.performance import CompiledOrEager, auto_precision
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_images_on_the_device_give_the_same_batches_as_worker_loading(
 
 def test_the_dit_falls_back_to_eager_with_the_same_loss(monkeypatch) -> None:
     from tinycats.models import DiTGenerator
-    from tinycats.models.flow import flow_loss
+    from tinycats.networks.flow import flow_loss
 
     monkeypatch.setattr(
         torch, "compile", lambda module: lambda *args: (_ for _ in ()).throw(RuntimeError("no"))

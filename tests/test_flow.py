@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from tinycats.models.dit import build_dit
-from tinycats.models.flow import (
+from tinycats.networks.dit import build_dit
+from tinycats.networks.flow import (
     flow_loss,
     interpolate,
     sample,

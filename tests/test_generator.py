@@ -8,10 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from tinycats.checkpoint import CheckpointPolicy, build_checkpoints, no_commit
 from tinycats.data import PetsDataModule
 from tinycats.models import DiTGenerator
-from tinycats.models.generator import GeneratorEMA, drop_labels
+from tinycats.models.ema import GeneratorEMA
+from tinycats.models.generator import drop_labels
+from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints, no_commit
 
 SIZE = 16
 

@@ -2,8 +2,8 @@
 
 import torch
 
-from tinycats import randomness
-from tinycats.randomness import generator_on, step_generator
+from tinycats.networks import randomness
+from tinycats.networks.randomness import generator_on, step_generator
 
 
 def test_the_step_generator_repeats_for_the_same_seed_step_and_rank() -> None:

@@ -9,9 +9,9 @@ from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
 from tinycats.cli import EXIT_USAGE, main
-from tinycats.grid import PADDING, save_labelled_grid
+from tinycats.commands.sample import load_generator
 from tinycats.models import CatClassifier
-from tinycats.sample import load_generator
+from tinycats.models.grid import PADDING, save_labelled_grid
 
 TINY_CONFIG = Path(__file__).parent / "configs" / "dit_tiny.yaml"
 SIZE = 16  # the tiny config's image size

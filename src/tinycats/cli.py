@@ -14,13 +14,13 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from tinycats.checkpoint import CheckpointPolicy, build_checkpoints, no_commit
+from tinycats.commands.predict import PrintPredictions
 from tinycats.data import PetsDataModule
 from tinycats.errors import TinyCatsError
-from tinycats.performance import allow_tf32, auto_precision
-from tinycats.predictions import PrintPredictions
-from tinycats.resume import newest_run, resolve_resume
-from tinycats.run import RunSpec, model_dir, resolve_run_dir
+from tinycats.models.performance import allow_tf32, auto_precision
+from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints, no_commit
+from tinycats.runs.resume import newest_run, resolve_resume
+from tinycats.runs.run_dir import RunSpec, model_dir, resolve_run_dir
 
 log = logging.getLogger("tinycats")
 
@@ -36,9 +36,9 @@ Train and use the tinycats models from one YAML config:
 
 # Commands beside LightningCLI's: name → module with ``main(argv)``.
 TOOLS = {
-    "sample": "tinycats.sample",
-    "evaluate-generator": "tinycats.evaluate_generator",
-    "export": "tinycats.export",
+    "sample": "tinycats.commands.sample",
+    "evaluate-generator": "tinycats.commands.evaluate",
+    "export": "tinycats.commands.export",
 }
 
 EXIT_USAGE = 2  # like a config error: it fails the same way every time, so don't retry it

@@ -233,8 +233,8 @@ class Runner:
 
         Returns ``status: drawn`` with the PNG bytes, or ``status: refused`` with the error.
         """
+        from tinycats.commands.sample import main as sample_main
         from tinycats.errors import TinyCatsError
-        from tinycats.sample import main as sample_main
 
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "grid.png"

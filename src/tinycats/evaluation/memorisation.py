@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tinycats.grid import save_labelled_grid
+from tinycats.models.grid import save_labelled_grid
 
 QUANTILES = {"min": 0.0, "p05": 0.05, "p25": 0.25, "median": 0.5, "p75": 0.75, "max": 1.0}
 MIN_SHOWN_SIZE = 96  # pixels: smaller images are enlarged in the PNG so a person can compare them

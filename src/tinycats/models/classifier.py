@@ -16,11 +16,11 @@ from torchmetrics.classification import (
     MulticlassF1Score,
 )
 
-from tinycats.augment import color_jitter, random_flip, random_resized_crop, to_unit_range
-from tinycats.evaluation.report import write_report
-from tinycats.lr_schedule import adamw_warmup_cosine
-from tinycats.performance import CompiledOrEager
-from tinycats.randomness import step_generator
+from tinycats.models.optim import adamw_warmup_cosine
+from tinycats.models.performance import CompiledOrEager
+from tinycats.models.report import write_report
+from tinycats.networks.augment import color_jitter, random_flip, random_resized_crop, to_unit_range
+from tinycats.networks.randomness import step_generator
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -5,18 +5,17 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks.weight_averaging import WeightAveraging
 from torch import Tensor
-from torch.optim.swa_utils import get_ema_multi_avg_fn
 
-from tinycats.augment import random_flip, to_unit_range
 from tinycats.errors import TinyCatsError
-from tinycats.grid import save_labelled_grid
-from tinycats.lr_schedule import adamw_warmup_cosine
-from tinycats.models.dit import build_dit
-from tinycats.models.flow import flow_loss, sample
-from tinycats.performance import CompiledOrEager
-from tinycats.randomness import step_generator
+from tinycats.models.ema import GeneratorEMA
+from tinycats.models.grid import save_labelled_grid
+from tinycats.models.optim import adamw_warmup_cosine
+from tinycats.models.performance import CompiledOrEager
+from tinycats.networks.augment import random_flip, to_unit_range
+from tinycats.networks.dit import build_dit
+from tinycats.networks.flow import flow_loss, sample
+from tinycats.networks.randomness import step_generator
 
 # Keeps the fixed validation noise apart from the per-step training draws of the same seed.
 _VALIDATION_STREAM = -1
@@ -28,49 +27,13 @@ def drop_labels(labels: Tensor, rate: float, null_class: int, generator: torch.G
     return torch.where(dropped.to(labels.device), null_class, labels)
 
 
-class GeneratorEMA(WeightAveraging):
-    """An exponential moving average of the weights, by Lightning's weight-averaging callback.
-
-    Like Lightning's ``EMAWeightAveraging``, with two changes (see plans/0005-dit-ema.md):
-    - the update is torch's foreach EMA, a few kernels for all weights instead of several per
-      tensor (19 instead of 143 ms per update of the 33M-parameter DiT on 2 CPU cores);
-    - the module keeps its live weights when training ends. The parent copies the EMA into it
-      in ``on_train_end``, before the checkpoint callback's final save of ``last.ckpt``, which
-      would then hold the EMA twice and lose the live weights a continued run starts from.
-    Checkpoints carry the EMA as their ``state_dict`` and validation swaps it in.
-    """
-
-    def __init__(self, decay: float, start_step: int = 0, every_n_steps: int = 1) -> None:
-        super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay))
-        self.start_step = start_step
-        self.every_n_steps = every_n_steps
-
-    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
-        """Update after every ``every_n_steps``-th optimizer step from ``start_step`` on."""
-        return (
-            step_idx is not None
-            and step_idx >= self.start_step
-            and step_idx % self.every_n_steps == 0
-        )
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Leave the live weights in place (see the class docstring)."""
-
-    @property
-    def averaged(self) -> L.LightningModule:
-        """The averaged copy of the module (only during and after ``fit``)."""
-        if self._average_model is None:
-            raise RuntimeError("the EMA weights exist only once fit has started")
-        return self._average_model.module
-
-
 class DiTGenerator(L.LightningModule):
     """A class-conditional TinyDiT trained by rectified flow; validates and samples with its EMA.
 
     Args:
         num_classes: number of classes (linked from the data module).
         class_names: their names, used to label sample grids (linked from the data module).
-        arch: a named network shape from ``tinycats.models.dit.DIT_CONFIGS``.
+        arch: a named network shape from ``tinycats.networks.dit.DIT_CONFIGS``.
         image_size: side of the images; must equal the data's (linked from the data module);
             ``null`` keeps the arch's own.
         lr: peak learning rate of AdamW.

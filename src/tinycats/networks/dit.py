@@ -1,7 +1,7 @@
 """A small class-conditional diffusion transformer (DiT) with adaLN-Zero blocks.
 
 The network maps a noisy image x_t, a flow time t in [0, 1] and a class label y to a velocity of
-the same shape as x_t (see `tinycats.models.flow` for the objective). Label index `num_classes`
+the same shape as x_t (see `tinycats.networks.flow` for the objective). Label index `num_classes`
 is reserved as the null class for classifier-free guidance.
 """
 

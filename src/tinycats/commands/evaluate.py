@@ -13,6 +13,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from tinycats.commands.sample import load_generator
 from tinycats.data import PetsDataModule
 from tinycats.errors import TinyCatsError
 from tinycats.evaluation.generator_metrics import (
@@ -31,9 +32,8 @@ from tinycats.evaluation.memorisation import (
     nearest_neighbours,
     save_nearest_pairs,
 )
-from tinycats.models.flow import METHODS
 from tinycats.models.generator import DiTGenerator
-from tinycats.sample import load_generator
+from tinycats.networks.flow import METHODS
 
 log = logging.getLogger(__name__)
 

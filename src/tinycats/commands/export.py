@@ -3,7 +3,7 @@ without PyTorch, checked against PyTorch, optionally with int8 weights.
 
 The DiT is exported as a single evaluation of its network, (x, t, y) → velocity, not as a whole
 sampler: the number of steps and the guidance scale stay choices of whoever samples, and
-``tinycats.onnx_sampler`` runs the loop with onnxruntime alone.
+``tinycats.commands.onnx_sampler`` runs the loop with onnxruntime alone.
 """
 
 import argparse
@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from tinycats.commands.sample import load_generator
 from tinycats.errors import TinyCatsError
 from tinycats.models import CatClassifier
-from tinycats.models.dit import TinyDiT
-from tinycats.models.flow import sample
-from tinycats.resume import newest_first, resumable_checkpoints
-from tinycats.sample import load_generator
+from tinycats.networks.dit import TinyDiT
+from tinycats.networks.flow import sample
+from tinycats.runs.resume import newest_first, resumable_checkpoints
 
 try:
     import onnxruntime as ort
@@ -32,7 +32,7 @@ try:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from tinycats.onnx_sampler import load_velocity, onnx_sample
+    from tinycats.commands.onnx_sampler import load_velocity, onnx_sample
 except ImportError as err:  # the CLI prints this as a one-line error
     raise TinyCatsError(
         f"tinycats export needs onnx, onnxscript and onnxruntime ({err}): "
@@ -50,7 +50,7 @@ Export a trained model as ONNX, to run with onnxruntime (or any ONNX runtime) wi
   DiT         dit_velocity.onnx: one velocity evaluation (EMA weights), inputs x (N, 3, H, W)
               in the flow's scale (noise at t = 1), t (N,) float32 in [0, 1], y (N,) int64
               labels, where the null class (its index is in the metadata) is the unconditional
-              label for guidance. `tinycats.onnx_sampler.onnx_sample` integrates it.
+              label for guidance. `tinycats.commands.onnx_sampler.onnx_sample` integrates it.
 
 Class names, the image size and the null class are stored in the graph's metadata. After the
 export the graph is run on random inputs and compared with PyTorch (the largest absolute

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tinycats.randomness import generator_on
+from tinycats.networks.randomness import generator_on
 
 VelocityModel = Callable[[Tensor, Tensor, Tensor], Tensor]
 """Any callable model(x_t, t, y) -> velocity, such as a `TinyDiT`."""

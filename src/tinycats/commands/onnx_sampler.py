@@ -1,7 +1,7 @@
 """Drawing cats from an exported TinyDiT with onnxruntime and NumPy alone: no PyTorch needed.
 
 The graph written by ``tinycats export`` computes one velocity of the flow, (x, t, y) → v; this
-module integrates the flow ODE with it exactly as ``tinycats.models.flow.sample`` does with the
+module integrates the flow ODE with it exactly as ``tinycats.networks.flow.sample`` does with the
 PyTorch model (Euler steps from noise at t = 1 to an image at t = 0, classifier-free guidance).
 The graph's metadata says which label is the null class and what the images look like.
 """

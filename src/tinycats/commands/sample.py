@@ -8,10 +8,10 @@ from typing import Any
 import torch
 
 from tinycats.errors import TinyCatsError
-from tinycats.grid import save_labelled_grid
-from tinycats.models.flow import METHODS
 from tinycats.models.generator import DiTGenerator
-from tinycats.resume import newest_first, resumable_checkpoints
+from tinycats.models.grid import save_labelled_grid
+from tinycats.networks.flow import METHODS
+from tinycats.runs.resume import newest_first, resumable_checkpoints
 
 log = logging.getLogger(__name__)
 
