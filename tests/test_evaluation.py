@@ -6,6 +6,7 @@ import json
 from contextlib import redirect_stdout
 from pathlib import Path
 
+import lightning
 import pytest
 import torch
 from PIL import Image
@@ -209,7 +210,9 @@ def test_evaluate_generator_scores_a_tiny_run(pets_sample: Path, tmp_path: Path,
 def test_evaluate_generator_needs_the_runs_config(tmp_path: Path, capsys):
     ckpt = tmp_path / "last.ckpt"
     model = DiTGenerator(num_classes=12, arch="tiny")
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, ckpt)
+    hparams = dict(model.hparams)
+    version = {"pytorch-lightning_version": lightning.__version__}
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams, **version}, ckpt)
     with pytest.raises(SystemExit) as stop:
         main(["evaluate-generator", "--ckpt", str(ckpt)])
     assert stop.value.code == EXIT_USAGE

@@ -7,6 +7,7 @@ import sys
 from contextlib import redirect_stdout
 from pathlib import Path
 
+import lightning
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -34,7 +35,10 @@ def _randomise(module: torch.nn.Module) -> None:
 def _save(model: torch.nn.Module, path: Path, **extra: object) -> Path:
     """A checkpoint laid out like Lightning's (weights and hyperparameters)."""
     hparams = {"_class_path": f"tinycats.models.{type(model).__name__}", **model.hparams}
-    torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams, **extra}, path)
+    version = {"pytorch-lightning_version": lightning.__version__}
+    torch.save(
+        {"state_dict": model.state_dict(), "hyper_parameters": hparams, **version, **extra}, path
+    )
     return path
 
 

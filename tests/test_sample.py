@@ -9,9 +9,9 @@ from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
 from tinycats.cli import EXIT_USAGE, main
-from tinycats.commands.sample import load_generator
-from tinycats.models import CatClassifier
+from tinycats.models import CatClassifier, DiTGenerator
 from tinycats.models.grid import PADDING, save_labelled_grid
+from tinycats.runs.resume import load_trained
 
 TINY_CONFIG = Path(__file__).parent / "configs" / "dit_tiny.yaml"
 SIZE = 16  # the tiny config's image size
@@ -42,7 +42,7 @@ def test_fit_writes_checkpoints_and_an_ema_sample_grid(run_dir: Path):
 
 def test_sample_loads_the_ema_weights(run_dir: Path):
     checkpoint = torch.load(run_dir / "last.ckpt", weights_only=True)
-    loaded = load_generator(run_dir / "last.ckpt").state_dict()
+    loaded = load_trained(run_dir / "last.ckpt", DiTGenerator).state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in checkpoint["state_dict"].items())
     live = checkpoint["current_model_state"]
     assert any(not torch.equal(loaded[k], live[k]) for k in live)
@@ -70,7 +70,7 @@ def test_a_run_dir_skips_a_truncated_newest_checkpoint(run_dir: Path, tmp_path: 
     copy = shutil.copytree(run_dir, tmp_path / "run")
     last = copy / "last.ckpt"
     last.write_bytes(last.read_bytes()[:1000])  # also makes it the newest file
-    model = load_generator(copy)
+    model = load_trained(copy, DiTGenerator)
     assert "Skipping unreadable checkpoint" in caplog.text
     assert model.hparams.arch == "tiny"
 

@@ -13,7 +13,6 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from tinycats.commands.sample import load_generator
 from tinycats.data import PetsDataModule
 from tinycats.errors import TinyCatsError
 from tinycats.evaluation.generator_metrics import (
@@ -34,6 +33,7 @@ from tinycats.evaluation.memorisation import (
 )
 from tinycats.models.generator import DiTGenerator
 from tinycats.networks.flow import METHODS
+from tinycats.runs.resume import load_trained
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ def main(argv: list[str]) -> None:
     if args.n < 2:
         raise TinyCatsError("--n must be at least 2: FID needs two samples per breed.")
     ckpt = Path(args.ckpt)
-    model = load_generator(ckpt)
+    model = load_trained(ckpt, DiTGenerator)
     run_dir = ckpt if ckpt.is_dir() else ckpt.parent
     datamodule = load_real_images(run_dir, args.data_root, args.data_source)
     if list(datamodule.class_names) != model.class_labels:

@@ -13,18 +13,16 @@ import warnings
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from tinycats.commands.sample import load_generator
 from tinycats.errors import TinyCatsError
-from tinycats.models import CatClassifier
+from tinycats.models import CatClassifier, DiTGenerator
 from tinycats.networks.dit import TinyDiT
 from tinycats.networks.flow import sample
-from tinycats.runs.resume import newest_first, resumable_checkpoints
+from tinycats.runs.resume import load_trained
 
 try:
     import onnxruntime as ort
@@ -190,52 +188,30 @@ def _random_dit_inputs(model: TinyDiT, seed: int) -> tuple[torch.Tensor, ...]:
 def main(argv: list[str]) -> None:
     """Parse the ``tinycats export`` arguments, export, check parity and optionally quantise."""
     args = _parser().parse_args(argv)
-    checkpoint_path = _checkpoint_file(Path(args.ckpt))
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True, mmap=True)
+    model = load_trained(Path(args.ckpt), prefer_best=True)
     out = Path(args.out)
-    hparams: dict[str, Any] = checkpoint.get("hyper_parameters") or {}
-    if "arch" in hparams:  # only the DiT generator has one
-        generator = load_generator(checkpoint_path)
-        path = export_velocity(generator.model, generator.class_labels, out / "dit_velocity.onnx")
-        check = partial(velocity_difference, generator.model)
-        print(f"Exported the DiT's velocity (EMA weights of {checkpoint_path}) to {path}")
+    if isinstance(model, DiTGenerator):
+        path = export_velocity(model.model, model.class_labels, out / "dit_velocity.onnx")
+        check = partial(velocity_difference, model.model)
+        print(f"Exported the DiT's velocity (EMA weights of {args.ckpt}) to {path}")
         _print_parity(path, check)
         print(f"onnxruntime sampler vs PyTorch sampler ({PARITY_BATCH} samples, {PARITY_STEPS} "
               f"Euler steps, guidance 3): max abs difference "
-              f"{sampler_difference(generator.model, path):.2e}")  # fmt: skip
-    elif hparams.get("_class_path", "").endswith("CatClassifier"):
-        image_size = (checkpoint.get("datamodule_hyper_parameters") or {}).get("image_size")
-        if image_size is None:
-            raise TinyCatsError(f"{checkpoint_path} does not record the image size it was "
-                                "trained at: it was not written by `tinycats fit`.")  # fmt: skip
-        # Built and loaded directly: load_from_checkpoint would run the training-time set-up.
-        classifier = CatClassifier(**{k: v for k, v in hparams.items() if not k.startswith("_")})
-        classifier.load_state_dict(checkpoint["state_dict"])
-        path = export_classifier(classifier, image_size, out / "classifier.onnx")
-        check = partial(classifier_difference, classifier, image_size)
-        print(f"Exported the classifier ({checkpoint_path}) to {path}")
-        _print_parity(path, check)
+              f"{sampler_difference(model.model, path):.2e}")  # fmt: skip
     else:
-        raise TinyCatsError(f"{checkpoint_path} is not a checkpoint of the classifier or of the "
-                            "DiT generator written by `tinycats fit`.")  # fmt: skip
+        image_size = model.trained_image_size
+        if image_size is None:
+            raise TinyCatsError(f"{args.ckpt} does not record the image size it was "
+                                "trained at: it was not written by `tinycats fit`.")  # fmt: skip
+        path = export_classifier(model, image_size, out / "classifier.onnx")
+        check = partial(classifier_difference, model, image_size)
+        print(f"Exported the classifier ({args.ckpt}) to {path}")
+        _print_parity(path, check)
     if args.quantize:
         quantized = path.with_name(f"{path.stem}.int8.onnx")
         before, after = quantize_int8(path, quantized)
         print(f"int8 weights: {quantized}, {_megabytes(before)} → {_megabytes(after)}; max abs "
               f"difference from PyTorch {check(quantized):.2e}")  # fmt: skip
-
-
-def _checkpoint_file(path: Path) -> Path:
-    """The checkpoint itself, or a run directory's best.ckpt, else its newest checkpoint."""
-    if path.is_file():
-        return path
-    if path.is_dir():
-        found = [*path.glob("best.ckpt"), *newest_first(resumable_checkpoints(path))]
-        if found:
-            return found[0]
-        raise TinyCatsError(f"{path} holds no checkpoint: pass a run directory of `tinycats "
-                            "fit` or a .ckpt file.")  # fmt: skip
-    raise TinyCatsError(f"--ckpt {path} does not exist: pass a checkpoint file or a run directory.")
 
 
 def _print_parity(path: Path, check: Callable[[Path], float]) -> None:

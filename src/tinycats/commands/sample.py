@@ -1,9 +1,7 @@
 """``tinycats sample``: draw cats of a chosen breed with the EMA weights of a trained TinyDiT."""
 
 import argparse
-import logging
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -11,9 +9,7 @@ from tinycats.errors import TinyCatsError
 from tinycats.models.generator import DiTGenerator
 from tinycats.models.grid import save_labelled_grid
 from tinycats.networks.flow import METHODS
-from tinycats.runs.resume import newest_first, resumable_checkpoints
-
-log = logging.getLogger(__name__)
+from tinycats.runs.resume import load_trained
 
 DESCRIPTION = """\
 Draw cats with a TinyDiT trained by `tinycats fit -c configs/dit.yaml`, and save them as one
@@ -32,7 +28,7 @@ def main(argv: list[str]) -> None:
     args = _parser().parse_args(argv)
     if args.n < 1 or args.steps < 1:
         raise TinyCatsError("--n and --steps must be at least 1.")
-    model = load_generator(Path(args.ckpt))
+    model = load_trained(Path(args.ckpt), DiTGenerator)
     breeds = _chosen_breeds(args.breed, model.class_labels)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
@@ -43,53 +39,6 @@ def main(argv: list[str]) -> None:
     out = Path(args.out)
     save_labelled_grid(images, breeds, out)
     print(f"Saved {len(breeds)} × {args.n} samples to {out}")
-
-
-def load_generator(path: Path) -> DiTGenerator:
-    """A DiTGenerator holding the EMA weights of a checkpoint, or of a run directory's newest one."""
-    candidates = _candidates(path)
-    for candidate in candidates:
-        try:
-            checkpoint = torch.load(candidate, map_location="cpu", weights_only=True)
-        except Exception as err:  # a truncated zip raises RuntimeError, garbage raises others
-            if len(candidates) == 1:
-                raise TinyCatsError(f"Cannot read checkpoint {candidate}: {err}") from err
-            log.warning("Skipping unreadable checkpoint %s: %s", candidate, err)
-            continue
-        return _generator_from(checkpoint, candidate)
-    raise TinyCatsError(f"No readable checkpoint in {path}.")
-
-
-def _candidates(path: Path) -> list[Path]:
-    """The checkpoint file itself, or a run directory's checkpoints, newest first."""
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        found = newest_first(resumable_checkpoints(path))
-        if not found:
-            raise TinyCatsError(
-                f"{path} holds no last.ckpt or step=*.ckpt: pass a run directory of "
-                "`tinycats fit -c configs/dit.yaml` or a checkpoint file."
-            )
-        return found
-    raise TinyCatsError(f"--ckpt {path} does not exist: pass a checkpoint file or a run directory.")
-
-
-def _generator_from(checkpoint: dict[str, Any], path: Path) -> DiTGenerator:
-    """Rebuild the DiTGenerator a checkpoint was saved from and load its EMA weights."""
-    hparams = checkpoint.get("hyper_parameters") or {}
-    if "arch" not in hparams:  # every DiTGenerator has one, no other model does
-        kind = hparams.get("_class_path", "").rpartition(".")[2] or "another model"
-        raise TinyCatsError(
-            f"{path} is a checkpoint of {kind}, not of the DiT generator: `tinycats sample` "
-            "needs a run of `tinycats fit -c configs/dit.yaml`."
-        )
-    # The EMA callback stores the averaged weights as the state_dict, the live ones beside it.
-    if "current_model_state" not in checkpoint:
-        log.warning("%s holds no EMA weights; sampling with the training weights.", path)
-    model = DiTGenerator(**{k: v for k, v in hparams.items() if not k.startswith("_")})
-    model.load_state_dict(checkpoint["state_dict"])
-    return model
 
 
 def _chosen_breeds(breed: str, names: list[str]) -> list[str]:

@@ -2,7 +2,7 @@
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -46,6 +46,9 @@ class CatClassifier(L.LightningModule):
     """
 
     run_group = "classifier"
+    description = "the classifier (a run of `tinycats fit -c configs/classifier.yaml`)"
+    # Loading a trained one: its checkpoint holds the weights, so nothing is downloaded.
+    load_overrides: ClassVar[dict[str, Any]] = {"weights": None}
 
     def __init__(
         self,
@@ -64,6 +67,7 @@ class CatClassifier(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.trained_image_size: int | None = None  # known once loaded from a checkpoint
         self.net = _with_new_head(
             torchvision.models.get_model(backbone, weights=weights), num_classes
         )
@@ -79,6 +83,11 @@ class CatClassifier(L.LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
         self.val_confusion = MulticlassConfusionMatrix(num_classes)
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The data's image size, which an export needs: LightningCLI saves it beside the weights.
+        data = checkpoint.get("datamodule_hyper_parameters") or {}
+        self.trained_image_size = data.get("image_size")
 
     def configure_model(self) -> None:
         # The strategy knows the device before the module has moved there.

@@ -1,5 +1,6 @@
 """DiTGenerator: trains a TinyDiT by rectified flow, with EMA weights and sample grids."""
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ from tinycats.networks.augment import random_flip, to_unit_range
 from tinycats.networks.dit import build_dit
 from tinycats.networks.flow import flow_loss, sample
 from tinycats.networks.randomness import step_generator
+
+log = logging.getLogger(__name__)
 
 # Keeps the fixed validation noise apart from the per-step training draws of the same seed.
 _VALIDATION_STREAM = -1
@@ -56,6 +59,7 @@ class DiTGenerator(L.LightningModule):
     """
 
     run_group = "dit"
+    description = "the DiT generator (a run of `tinycats fit -c configs/dit.yaml`)"
 
     def __init__(
         self,
@@ -94,6 +98,11 @@ class DiTGenerator(L.LightningModule):
         except ValueError as err:
             raise TinyCatsError(f"Cannot build the DiT: {err}.") from err
         self._compiled: CompiledOrEager | None = None
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The EMA callback stores the averaged weights as the state_dict, the live ones beside it.
+        if "current_model_state" not in checkpoint:
+            log.warning("The checkpoint holds no EMA weights; using the training weights.")
 
     def configure_model(self) -> None:
         self._compiled = CompiledOrEager(self.model) if self.hparams.compile else None
