@@ -1,5 +1,5 @@
 """Evaluation: the classifier's report, FID/KID plumbing with a small feature extractor in place of
-Inception, the memorisation check, and the `tinycats test` / `evaluate-generator` commands."""
+Inception, the memorisation check, and the `tinycats test` / `evaluate` commands."""
 
 import io
 import json
@@ -108,7 +108,7 @@ def test_scores_by_class_and_their_table(extractor):
 
 def test_missing_inception_weights_are_a_clear_error(tmp_path: Path):
     pytest.importorskip("torch_fidelity")
-    with pytest.raises(TinyCatsError, match="--inception-weights"):
+    with pytest.raises(TinyCatsError, match="--inception_weights"):
         inception_extractor(str(tmp_path / "missing.pth"))
 
 
@@ -178,7 +178,7 @@ def test_tinycats_test_writes_the_report_and_a_png(pets_sample: Path, tmp_path: 
         assert picture.format == "PNG"
 
 
-# --- tinycats evaluate-generator -------------------------------------------------------------
+# --- tinycats evaluate (also as evaluate-generator) ---------------------------------------
 
 
 def test_evaluate_generator_scores_a_tiny_run(pets_sample: Path, tmp_path: Path, monkeypatch):
@@ -189,8 +189,8 @@ def test_evaluate_generator_scores_a_tiny_run(pets_sample: Path, tmp_path: Path,
     monkeypatch.setattr(tinycats.commands.evaluate, "inception_extractor",
                         lambda weights_path: SmallFeatures())  # fmt: skip
     with redirect_stdout(io.StringIO()) as printed:
-        main(["evaluate-generator", "--ckpt", str(run), "--n", "3", "--steps", "2",
-              "--sweep", "1,3", "--show", "4", "--out", str(tmp_path / "eval")])  # fmt: skip
+        main(["evaluate", "--ckpt_path", str(run), "--n", "3", "--steps", "2",
+              "--sweep", "[1,3]", "--show", "4", "--out", str(tmp_path / "eval")])  # fmt: skip
     report = json.loads((tmp_path / "eval" / "generator_eval.json").read_text())
     assert report["setting"]["num_train"] == 72 and report["setting"]["num_held_out"] == 24
     assert [s["group"] for s in report["scores"]][:2] == ["all", "Abyssinian"]
@@ -214,16 +214,16 @@ def test_evaluate_generator_needs_the_runs_config(tmp_path: Path, capsys):
     version = {"pytorch-lightning_version": lightning.__version__}
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams, **version}, ckpt)
     with pytest.raises(SystemExit) as stop:
-        main(["evaluate-generator", "--ckpt", str(ckpt)])
+        main(["evaluate-generator", "--ckpt_path", str(ckpt)])
     assert stop.value.code == EXIT_USAGE
     assert "config.yaml does not exist" in capsys.readouterr().err
 
 
 def test_evaluate_generator_help_explains_the_figures(capsys):
     with pytest.raises(SystemExit) as stop:
-        main(["evaluate-generator", "--help"])
+        main(["evaluate", "--help"])
     assert stop.value.code == 0
     text = capsys.readouterr().out
-    for words in ("--ckpt", "--n", "--steps", "--cfg", "--sweep", "--inception-weights",
+    for words in ("--ckpt", "--n", "--steps", "--cfg", "--sweep", "--inception_weights",
                   "FID", "KID", "memorisation"):  # fmt: skip
         assert words in text

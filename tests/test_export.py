@@ -49,7 +49,7 @@ def classifier_export(tmp_path_factory) -> tuple[CatClassifier, Path, str]:
     model = CatClassifier(num_classes=3, class_names=["a", "b", "c"], backbone="resnet18").eval()
     ckpt = _save(model, tmp / "model.ckpt",
                  datamodule_hyper_parameters={"image_size": CLASSIFIER_SIZE})  # fmt: skip
-    printed = _run_export(ckpt, tmp / "export", "--quantize")
+    printed = _run_export(ckpt, tmp / "export", "--quantize", "true")
     return model, tmp / "export" / "classifier.onnx", printed
 
 
@@ -66,7 +66,7 @@ def dit_export(tmp_path_factory) -> tuple[DiTGenerator, Path, str]:
 def _run_export(ckpt: Path, out: Path, *options: str) -> str:
     """Run `tinycats export` and return what it printed."""
     with redirect_stdout(io.StringIO()) as printed:
-        main(["export", "--ckpt", str(ckpt), "--out", str(out), *options])
+        main(["export", "--ckpt_path", str(ckpt), "--out", str(out), *options])
     return printed.getvalue()
 
 
@@ -132,7 +132,7 @@ def test_onnx_sampler_needs_no_torch():
 
 def test_export_refuses_a_missing_checkpoint(tmp_path: Path, capsys):
     with pytest.raises(SystemExit) as stop:
-        main(["export", "--ckpt", str(tmp_path / "nope.ckpt")])
+        main(["export", "--ckpt_path", str(tmp_path / "nope.ckpt")])
     assert stop.value.code == EXIT_USAGE
     assert "does not exist" in capsys.readouterr().err
 

@@ -29,7 +29,9 @@ def run_dir(pets_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 def _sample(tmp_path: Path, ckpt: Path, out: str, *options: str) -> Path:
-    main(["sample", "--ckpt", str(ckpt), "--out", str(tmp_path / out), "--steps", "3", *options])
+    main(
+        ["sample", "--ckpt_path", str(ckpt), "--out", str(tmp_path / out), "--steps", "3", *options]
+    )
     return tmp_path / out
 
 

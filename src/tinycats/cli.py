@@ -1,5 +1,5 @@
 """The ``tinycats`` command: LightningCLI (fit/validate/test/predict) with run directories,
-resume policies and volume commits, plus ``tinycats sample``."""
+resume policies and volume commits, plus the commands in ``TOOLS`` (sample, evaluate, export)."""
 
 import datetime as dt
 import importlib
@@ -30,14 +30,16 @@ Train and use the tinycats models from one YAML config:
   tinycats test -c configs/classifier.yaml --ckpt_path PATH
   tinycats predict -c configs/classifier.yaml --ckpt_path PATH --data.predict_paths '[a.jpg]'
   tinycats sample --help                          draw cats with a trained TinyDiT
-  tinycats evaluate-generator --help              FID/KID per breed, guidance sweep, memorisation
+  tinycats evaluate --help                        FID/KID per breed, guidance sweep, memorisation
   tinycats export --help                          ONNX (and int8) for the classifier and the DiT
 """
 
 # Commands beside LightningCLI's: name → module with ``main(argv)``.
+# Each parses its flags with jsonargparse, as LightningCLI does (tinycats.commands.parsing).
 TOOLS = {
     "sample": "tinycats.commands.sample",
-    "evaluate-generator": "tinycats.commands.evaluate",
+    "evaluate": "tinycats.commands.evaluate",
+    "evaluate-generator": "tinycats.commands.evaluate",  # the earlier name, still accepted
     "export": "tinycats.commands.export",
 }
 

@@ -239,7 +239,7 @@ class Runner:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "grid.png"
             try:
-                sample_main(["--ckpt", str(Path(STORAGE.outputs) / run), "--breed", breed,
+                sample_main(["--ckpt_path", str(Path(STORAGE.outputs) / run), "--breed", breed,
                              "--n", str(n), "--steps", str(steps), "--cfg", str(cfg),
                              "--seed", str(seed), "--out", str(out)])  # fmt: skip
             except TinyCatsError as err:

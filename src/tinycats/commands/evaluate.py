@@ -1,11 +1,10 @@
-"""``tinycats evaluate-generator``: FID and KID of a trained TinyDiT, overall, per breed and over
+"""``tinycats evaluate``: FID and KID of a trained TinyDiT, overall, per breed and over
 guidance scales, and a check that it does not copy its training images."""
 
-import argparse
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import torch
 import yaml
 from torch import Tensor, nn
 
+from tinycats.commands.parsing import call_with_args
 from tinycats.data import PetsDataModule
 from tinycats.errors import TinyCatsError
 from tinycats.evaluation.generator_metrics import (
@@ -32,7 +32,7 @@ from tinycats.evaluation.memorisation import (
     save_nearest_pairs,
 )
 from tinycats.models.generator import DiTGenerator
-from tinycats.networks.flow import METHODS
+from tinycats.networks.flow import Method
 from tinycats.runs.resume import load_trained
 
 log = logging.getLogger(__name__)
@@ -61,9 +61,9 @@ training split is the one the model learned from. Results go to OUT/{REPORT_NAME
 OUT/{PAIRS_NAME} (OUT defaults to RUN/evaluation).
 
 examples:
-  tinycats evaluate-generator --ckpt outputs/checkpoints/dit/2026-01-31/dit-s4-64 --n 200
-  tinycats evaluate-generator --ckpt RUN --n 100 --sweep 1,1.5,2,3,4,6 --steps 50
-  tinycats evaluate-generator --ckpt RUN --inception-weights path/to/inception.pth
+  tinycats evaluate --ckpt_path outputs/checkpoints/dit/2026-01-31/dit-s4-64 --n 200
+  tinycats evaluate --ckpt_path RUN --n 100 --sweep [1,1.5,2,3,4,6] --steps 50
+  tinycats evaluate --ckpt_path RUN --inception_weights path/to/inception.pth
 """
 
 
@@ -200,19 +200,29 @@ def generate_uint8(
     return torch.cat(batches)
 
 
-def load_real_images(
-    run_dir: Path, data_root: str | None = None, data_source: str | None = None
-) -> PetsDataModule:
+@dataclass(frozen=True)
+class DataLocation:
+    """Where the run's data is now, if not where the run had it.
+
+    Args:
+        root: the data cache folder.
+        source: the image folder.
+    """
+
+    root: str | None = None
+    source: str | None = None
+
+
+def load_real_images(run_dir: Path, location: DataLocation = DataLocation()) -> PetsDataModule:
     """The run's data module (its config.yaml's data settings), set up with its seeded split."""
     config = run_dir / "config.yaml"
     if not config.is_file():
         raise TinyCatsError(
-            f"{config} does not exist: evaluate-generator reads the data settings from the run's "
+            f"{config} does not exist: evaluate reads the data settings from the run's "
             "config.yaml. Pass a run directory of `tinycats fit`, or a checkpoint inside one."
         )
     settings = yaml.safe_load(config.read_text()).get("data") or {}
-    overrides = {"root": data_root, "source": data_source}
-    settings.update({key: value for key, value in overrides.items() if value is not None})
+    settings.update({key: value for key, value in asdict(location).items() if value is not None})
     try:
         datamodule = PetsDataModule(**settings)
     except TypeError as err:  # a config written by another version of tinycats
@@ -223,20 +233,55 @@ def load_real_images(
 
 
 def main(argv: list[str]) -> None:
-    """Parse the ``tinycats evaluate-generator`` arguments, evaluate, print and save the report."""
-    args = _parser().parse_args(argv)
-    if min(args.n, args.steps, args.batch_size) < 1 or args.show < 0:
-        raise TinyCatsError("--n, --steps and --batch-size must be at least 1, --show at least 0.")
-    if args.n < 2:
+    """Parse the ``tinycats evaluate`` arguments (or a ``--config`` file) and evaluate."""
+    call_with_args(evaluate, argv, "tinycats evaluate", DESCRIPTION)
+
+
+def evaluate(
+    ckpt_path: Path,
+    n: int = 200,
+    steps: int = 50,
+    cfg: float = 3.0,
+    sweep: tuple[float, ...] = (),
+    method: Method = "euler",
+    seed: int = 0,
+    show: int = 8,
+    inception_weights: str | None = None,
+    data: DataLocation = DataLocation(),
+    batch_size: int = 200,
+    out: Path | None = None,
+) -> None:
+    """Evaluate a trained TinyDiT, print the report and save it with the closest samples.
+
+    Args:
+        ckpt_path: a DiT checkpoint inside a run directory, or the run directory (its newest
+            readable checkpoint is used).
+        n: samples per breed (200 is about as many as each breed has photos).
+        steps: ODE steps from noise to image.
+        cfg: classifier-free guidance scale of the main scores; 1 turns guidance off.
+        sweep: guidance scales to score all breeds at, e.g. [1, 2, 3, 4].
+        method: ODE solver.
+        seed: seed of the samples' noise.
+        show: how many of the samples closest to a training image to save beside it as a PNG.
+        inception_weights: a local copy of the FID Inception weights
+            (weights-inception-2015-12-05-6726825d.pth); none: torch-fidelity's download,
+            cached in ~/.cache/torch/hub/checkpoints.
+        data: where the run's data is, if not where the run had it.
+        batch_size: images per sampling and feature batch.
+        out: folder for the report and the PNG (none: RUN/evaluation).
+    """
+    if min(n, steps, batch_size) < 1 or show < 0:
+        raise TinyCatsError("--n, --steps and --batch_size must be at least 1, --show at least 0.")
+    if n < 2:
         raise TinyCatsError("--n must be at least 2: FID needs two samples per breed.")
-    ckpt = Path(args.ckpt)
+    ckpt = Path(ckpt_path)
     model = load_trained(ckpt, DiTGenerator)
     run_dir = ckpt if ckpt.is_dir() else ckpt.parent
-    datamodule = load_real_images(run_dir, args.data_root, args.data_source)
+    datamodule = load_real_images(run_dir, data)
     if list(datamodule.class_names) != model.class_labels:
         raise TinyCatsError(
             f"The data's classes ({', '.join(datamodule.class_names)}) are not the model's "
-            f"({', '.join(model.class_labels)}): check --data-source."
+            f"({', '.join(model.class_labels)}): check --data.source."
         )
     splits = datamodule.datasets
     train = splits["train"].tensors
@@ -244,72 +289,16 @@ def main(argv: list[str]) -> None:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
-    extractor = inception_extractor(args.inception_weights).to(device)
-    out = Path(args.out) if args.out else run_dir / "evaluation"
+    extractor = inception_extractor(inception_weights).to(device)
+    out = Path(out) if out else run_dir / "evaluation"
     report = evaluate_generator(
         model, train, held_out, extractor, feature_name=INCEPTION_NAME,
-        samples_per_class=args.n, steps=args.steps,
-        cfg_scale=args.cfg, sweep=args.sweep, method=args.method, seed=args.seed,
-        show=args.show, batch_size=args.batch_size, pairs_path=out / PAIRS_NAME,
+        samples_per_class=n, steps=steps,
+        cfg_scale=cfg, sweep=sweep, method=method, seed=seed,
+        show=show, batch_size=batch_size, pairs_path=out / PAIRS_NAME,
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     document = {"checkpoint": str(ckpt), **report.as_dict()}
     (out / REPORT_NAME).write_text(json.dumps(document, indent=1))
     print(report.text())
-    print(f"\nSaved {out / REPORT_NAME}" + (f" and {out / PAIRS_NAME}" if args.show else ""))
-
-
-def _scales(text: str) -> list[float]:
-    try:
-        return [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated numbers, got {text!r}"
-        ) from None
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tinycats evaluate-generator",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--ckpt", required=True,
-                        help="a DiT checkpoint inside a run directory, or the run directory "
-                        "(its newest readable checkpoint is used)")  # fmt: skip
-    parser.add_argument("--n", type=int, default=200,
-                        help="samples per breed (default: 200, about as many as each breed has "
-                        "photos)")  # fmt: skip
-    parser.add_argument("--steps", type=int, default=50,
-                        help="ODE steps from noise to image (default: 50)")  # fmt: skip
-    parser.add_argument("--cfg", type=float, default=3.0,
-                        help="classifier-free guidance scale of the main scores; 1 turns "
-                        "guidance off (default: 3.0)")  # fmt: skip
-    parser.add_argument("--sweep", type=_scales, default=[],
-                        help="comma-separated guidance scales to score all breeds at, e.g. "
-                        "1,2,3,4 (default: none)")  # fmt: skip
-    parser.add_argument("--method", choices=METHODS, default="euler",
-                        help="ODE solver (default: euler)")  # fmt: skip
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the samples' noise (default: 0)")  # fmt: skip
-    parser.add_argument("--show", type=int, default=8,
-                        help="how many of the samples closest to a training image to save "
-                        "beside it as a PNG (default: 8)")  # fmt: skip
-    parser.add_argument("--inception-weights", default=None,
-                        help="a local copy of the FID Inception weights "
-                        "(weights-inception-2015-12-05-6726825d.pth); default: torch-fidelity's "
-                        "download, cached in ~/.cache/torch/hub/checkpoints")  # fmt: skip
-    parser.add_argument(
-        "--data-root",
-        default=None,
-        help="where the run's data cache lives, if not where the run had it",
-    )
-    parser.add_argument(
-        "--data-source", default=None, help="the run's image folder, if not where the run had it"
-    )
-    parser.add_argument("--batch-size", type=int, default=200,
-                        help="images per sampling and feature batch (default: 200)")  # fmt: skip
-    parser.add_argument(
-        "--out", default=None, help="folder for the report and the PNG (default: RUN/evaluation)"
-    )
-    return parser
+    print(f"\nSaved {out / REPORT_NAME}" + (f" and {out / PAIRS_NAME}" if show else ""))

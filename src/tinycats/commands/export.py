@@ -6,7 +6,6 @@ sampler: the number of steps and the guidance scale stay choices of whoever samp
 ``tinycats.commands.onnx_sampler`` runs the loop with onnxruntime alone.
 """
 
-import argparse
 import json
 import tempfile
 import warnings
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tinycats.commands.parsing import call_with_args
 from tinycats.errors import TinyCatsError
 from tinycats.models import CatClassifier, DiTGenerator
 from tinycats.networks.dit import TinyDiT
@@ -57,8 +57,8 @@ PyTorch sampler from the same noise. --quantize adds a copy with int8 weights (o
 dynamic quantisation) and prints both sizes and its difference from PyTorch.
 
 examples:
-  tinycats export --ckpt outputs/checkpoints/classifier/2026-01-31/cat-vs-dog/best.ckpt --out export
-  tinycats export --ckpt outputs/checkpoints/dit/2026-01-31/dit-s4-64 --out export --quantize
+  tinycats export --ckpt_path outputs/checkpoints/classifier/2026-01-31/cat-vs-dog/best.ckpt --out export
+  tinycats export --ckpt_path outputs/checkpoints/dit/2026-01-31/dit-s4-64 --out export --quantize true
 """
 
 
@@ -186,14 +186,26 @@ def _random_dit_inputs(model: TinyDiT, seed: int) -> tuple[torch.Tensor, ...]:
 
 
 def main(argv: list[str]) -> None:
-    """Parse the ``tinycats export`` arguments, export, check parity and optionally quantise."""
-    args = _parser().parse_args(argv)
-    model = load_trained(Path(args.ckpt), prefer_best=True)
-    out = Path(args.out)
+    """Parse the ``tinycats export`` arguments (or a ``--config`` file) and export."""
+    call_with_args(export, argv, "tinycats export", DESCRIPTION)
+
+
+def export(ckpt_path: Path, out: Path = Path("export"), quantize: bool = False) -> None:
+    """Export a trained model as ONNX, check it against PyTorch and optionally quantise it.
+
+    Args:
+        ckpt_path: a checkpoint of the classifier or the DiT, or a run directory (its best.ckpt,
+            else its newest checkpoint).
+        out: folder for the .onnx files.
+        quantize: also write a copy with int8 weights (*.int8.onnx): about 4x smaller, slightly
+            less exact.
+    """
+    model = load_trained(Path(ckpt_path), prefer_best=True)
+    out = Path(out)
     if isinstance(model, DiTGenerator):
         path = export_velocity(model.model, model.class_labels, out / "dit_velocity.onnx")
         check = partial(velocity_difference, model.model)
-        print(f"Exported the DiT's velocity (EMA weights of {args.ckpt}) to {path}")
+        print(f"Exported the DiT's velocity (EMA weights of {ckpt_path}) to {path}")
         _print_parity(path, check)
         print(f"onnxruntime sampler vs PyTorch sampler ({PARITY_BATCH} samples, {PARITY_STEPS} "
               f"Euler steps, guidance 3): max abs difference "
@@ -201,13 +213,13 @@ def main(argv: list[str]) -> None:
     else:
         image_size = model.trained_image_size
         if image_size is None:
-            raise TinyCatsError(f"{args.ckpt} does not record the image size it was "
+            raise TinyCatsError(f"{ckpt_path} does not record the image size it was "
                                 "trained at: it was not written by `tinycats fit`.")  # fmt: skip
         path = export_classifier(model, image_size, out / "classifier.onnx")
         check = partial(classifier_difference, model, image_size)
-        print(f"Exported the classifier ({args.ckpt}) to {path}")
+        print(f"Exported the classifier ({ckpt_path}) to {path}")
         _print_parity(path, check)
-    if args.quantize:
+    if quantize:
         quantized = path.with_name(f"{path.stem}.int8.onnx")
         before, after = quantize_int8(path, quantized)
         print(f"int8 weights: {quantized}, {_megabytes(before)} → {_megabytes(after)}; max abs "
@@ -221,20 +233,3 @@ def _print_parity(path: Path, check: Callable[[Path], float]) -> None:
 
 def _megabytes(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tinycats export",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--ckpt", required=True,
-                        help="a checkpoint of the classifier or the DiT, or a run directory "
-                        "(its best.ckpt, else its newest checkpoint)")  # fmt: skip
-    parser.add_argument("--out", default="export",
-                        help="folder for the .onnx files (default: export)")  # fmt: skip
-    parser.add_argument("--quantize", action="store_true",
-                        help="also write a copy with int8 weights (*.int8.onnx): about 4x "
-                        "smaller, slightly less exact")  # fmt: skip
-    return parser

@@ -46,7 +46,7 @@ def inception_extractor(weights_path: str | None = None) -> nn.Module:
     except OSError as err:  # no network (URLError), or a missing or unreadable file
         raise TinyCatsError(
             f"Cannot load the Inception weights ({err}). Download {INCEPTION_WEIGHTS_URL} where "
-            "there is a network and pass its path with --inception-weights."
+            "there is a network and pass its path with --inception_weights."
         ) from err
 
 

@@ -7,6 +7,7 @@ predict from (x_t, t, y). Sampling integrates that ODE backwards, from t = 1 to 
 
 import itertools
 from collections.abc import Callable
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,8 @@ VelocityModel = Callable[[Tensor, Tensor, Tensor], Tensor]
 """Any callable model(x_t, t, y) -> velocity, such as a `TinyDiT`."""
 
 SCHEDULES = ("logit_normal", "uniform")
-METHODS = ("euler", "heun")
+Method = Literal["euler", "heun"]  # the ODE solvers `sample` offers
+METHODS = get_args(Method)
 
 
 # ----------------------------------------------------------------------------------------------
