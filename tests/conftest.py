@@ -1,106 +1,49 @@
-"""Shared test fixtures: the real Oxford-IIIT Pet sample, broken images, archives, a local server.
+"""Shared test fixtures: the real Oxford-IIIT Pet sample, archives, a local server, the real
+`tinycats` command. Plain helpers live in tests/helpers/ (`from helpers.photos import ...`)."""
 
-`make_broken_images` is a plain function, not a fixture: `from conftest import make_broken_images`.
-"""
-
-import hashlib
 import http.server
-import io
 import sys
-import tarfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
-from PIL import Image
 
-PETS_SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/oxford-pets-sample"
-
-
-def _pets_sample_images() -> Path:
-    """Return the folder of real sample photos, skipping the test where it is absent."""
-    images = PETS_SAMPLE / "images"
-    if not images.is_dir():
-        pytest.skip(
-            f"needs the Oxford-IIIT Pet sample photos at {images}, which this checkout lacks; "
-            "it sits next to the repository as shared/data/oxford-pets-sample"
-        )
-    return images
+from helpers.commands import tiny_overrides
+from helpers.photos import (
+    OxfordArchives,
+    build_oxford_archives,
+    make_broken_images,
+    pets_sample_images,
+)
 
 
 @pytest.fixture(scope="session")
 def pets_sample() -> Path:
     """Folder of the 296 real sample photos (`<Breed>_<n>.jpg`); skips the test where absent."""
-    return _pets_sample_images()
+    return pets_sample_images()
 
 
-# --- Broken images ---------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def run_tinycats(pets_sample: Path) -> Callable[..., Any]:
+    """Factory: ``run_tinycats(command, config, outputs, *overrides)`` runs the real ``tinycats``
+    command (its ``main``, in this process) on a tiny config with the sample photos, its runs and
+    data cache under ``outputs``; returns what ``run_cli`` returns (the summary after fit)."""
+    from tinycats.cli import run_cli, show_logs
 
+    def run(command: str, config: Path, outputs: Path, *overrides: str) -> Any:
+        show_logs()
+        return run_cli(
+            [command, "-c", str(config), *tiny_overrides(outputs, pets_sample), *overrides]
+        )
 
-def make_broken_images(folder: Path) -> dict[str, Path]:
-    """Write five cat-named files that are not plain RGB JPEGs into folder and return them by kind.
-
-    Kinds: "truncated" (first 40 % of a real JPEG), "grayscale", "cmyk", "png_as_jpg" (PNG data
-    named .jpg) and "not_an_image" (text named .jpg). Names start with a cat breed, so they land
-    in cat classes. Skips the calling test where the real sample photos are absent.
-    """
-    source = sorted(_pets_sample_images().glob("Bengal_*.jpg"))[0]
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {
-        kind: folder / f"Bengal_{9001 + i}.jpg"
-        for i, kind in enumerate(("truncated", "grayscale", "cmyk", "png_as_jpg", "not_an_image"))
-    }
-    data = source.read_bytes()
-    paths["truncated"].write_bytes(data[: len(data) * 2 // 5])
-    with Image.open(source) as photo:
-        photo.convert("L").save(paths["grayscale"], format="JPEG")
-        photo.convert("CMYK").save(paths["cmyk"], format="JPEG")
-        photo.save(paths["png_as_jpg"], format="PNG")
-    paths["not_an_image"].write_text("This is a text file, not a photo of a Bengal cat.\n")
-    return paths
+    return run
 
 
 # --- Oxford-IIIT Pet archives ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OxfordArchives:
-    """Archives in the Oxford-IIIT Pet layout, in `folder`, with their MD5 per file name."""
-
-    folder: Path
-    checksums: dict[str, str]
-    image_names: frozenset[str]
-
-
-def _list_txt(image_names: list[str]) -> str:
-    """Build annotations/list.txt in the dataset's format: `Name CLASS-ID SPECIES BREED-ID`."""
-    breed_of = {name: name.rsplit(".", 1)[0].rsplit("_", 1)[0] for name in image_names}
-    breeds = sorted(set(breed_of.values()), key=str.lower)
-    cats = [b for b in breeds if b[0].isupper()]
-    dogs = [b for b in breeds if not b[0].isupper()]
-    lines = [
-        "#Image CLASS-ID SPECIES BREED ID",
-        f"#ID: 1:{len(breeds)} Class ids",
-        "#SPECIES: 1:Cat 2:Dog",
-        f"#BREED ID: 1-{len(cats)}:Cat 1:{len(dogs)}:Dog",
-        "#All images with 1st letter as captial are cat images",
-        "#images with small first letter are dog images",
-    ]
-    for name in sorted(image_names, key=str.lower):
-        breed = breed_of[name]
-        species, same_species = (1, cats) if breed in cats else (2, dogs)
-        class_id = breeds.index(breed) + 1
-        breed_id = same_species.index(breed) + 1
-        lines.append(f"{name.rsplit('.', 1)[0]} {class_id} {species} {breed_id}")
-    return "\n".join(lines) + "\n"
-
-
-def _md5(path: Path) -> str:
-    """Return the hex MD5 of a file."""
-    return hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest()
 
 
 @pytest.fixture(scope="session")
@@ -108,18 +51,7 @@ def oxford_archives(pets_sample: Path, tmp_path_factory: pytest.TempPathFactory)
     """images.tar.gz (296 sample photos + the broken files) and annotations.tar.gz (list.txt)."""
     broken = make_broken_images(tmp_path_factory.mktemp("broken"))
     images = sorted(pets_sample.glob("*.jpg")) + sorted(broken.values())
-    folder = tmp_path_factory.mktemp("oxford-archives")
-    # JPEGs do not compress: the fastest level keeps building the archive under a second.
-    with tarfile.open(folder / "images.tar.gz", "w:gz", compresslevel=1) as tar:
-        for image in images:
-            tar.add(image, arcname=f"images/{image.name}")
-    list_txt = _list_txt([image.name for image in images]).encode()
-    with tarfile.open(folder / "annotations.tar.gz", "w:gz") as tar:
-        info = tarfile.TarInfo("annotations/list.txt")
-        info.size = len(list_txt)
-        tar.addfile(info, io.BytesIO(list_txt))
-    checksums = {name: _md5(folder / name) for name in ("images.tar.gz", "annotations.tar.gz")}
-    return OxfordArchives(folder, checksums, frozenset(image.name for image in images))
+    return build_oxford_archives(images, tmp_path_factory.mktemp("oxford-archives"))
 
 
 # --- Loopback HTTP server --------------------------------------------------------------------

@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_broken_images
+
+from helpers.commands import tiny_overrides
+from helpers.photos import make_broken_images
 
 TINY = "tests/configs/classifier_tiny.yaml"
 TIMEOUT = 300
@@ -21,8 +23,7 @@ def tinycats(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
 
 
 def tiny_args(tmp: Path, sample: Path, *extra: str) -> list[str]:
-    return ["-c", TINY, f"--run.outputs={tmp / 'outputs'}", f"--data.root={tmp / 'data'}",
-            f"--data.source={sample}", *extra]  # fmt: skip
+    return ["-c", TINY, *tiny_overrides(tmp / "outputs", sample), *extra]
 
 
 @pytest.fixture(scope="module")

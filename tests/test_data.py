@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_broken_images
 from PIL import Image
 
 from tinycats.data import PetsDataModule
@@ -15,6 +14,8 @@ from tinycats.data.catalog import CAT_BREEDS, build_catalog
 from tinycats.data.images import UnreadableImage, load_square
 from tinycats.data.split import stratified_split
 from tinycats.errors import TinyCatsError
+
+from helpers.photos import make_broken_images
 
 
 def test_label_modes_follow_the_oxford_naming(pets_sample: Path) -> None:

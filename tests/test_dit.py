@@ -1,10 +1,15 @@
 """Tests for the DiT network: patches, positions, adaLN-Zero init, labels and named configs."""
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 from torch import nn
 
-from tinycats.networks.dit import DIT_CONFIGS, TinyDiT, build_dit, patchify, unpatchify
+from tinycats.networks.dit import TinyDiT, patchify, unpatchify
+
+from helpers.dit import TINY_CONFIG, TINY_DIT, TINY_SIZE
 
 
 def _inputs(model: TinyDiT, batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -49,7 +54,7 @@ def test_patchify_tokens_are_row_major_image_blocks():
 
 def test_patch_embedding_sees_tokens_in_patchify_order():
     # The conv embedding, the positional table and unpatchify must all use one token order.
-    model = build_dit("tiny")
+    model = TinyDiT(**TINY_DIT, image_size=TINY_SIZE)
     x, _, _ = _inputs(model, batch=1)
     conv = model.patch_embed
     with torch.no_grad():
@@ -68,7 +73,7 @@ def test_unpatchify_rejects_non_square_token_count():
 
 
 def test_positional_embedding_is_a_fixed_buffer():
-    model = build_dit("tiny")
+    model = TinyDiT(**TINY_DIT, image_size=TINY_SIZE)
     assert "pos_embed" in dict(model.named_buffers())
     assert "pos_embed" not in dict(model.named_parameters())
     assert model.pos_embed.shape == (1, 16, 64)
@@ -87,14 +92,14 @@ def _permuted_output_mismatch(model: TinyDiT) -> float:
 
 
 def test_model_knows_where_patches_are():
-    model = build_dit("tiny")
+    model = TinyDiT(**TINY_DIT, image_size=TINY_SIZE)
     _perturb_zero_init(model)
     assert _permuted_output_mismatch(model) > 1e-2
 
 
 def test_without_positional_embedding_model_is_permutation_equivariant():
     # Control for the test above: the positional table is the only source of position.
-    model = build_dit("tiny")
+    model = TinyDiT(**TINY_DIT, image_size=TINY_SIZE)
     _perturb_zero_init(model)
     model.pos_embed.zero_()
     assert _permuted_output_mismatch(model) < 1e-5
@@ -104,21 +109,21 @@ def test_without_positional_embedding_model_is_permutation_equivariant():
 
 
 def test_output_is_exactly_zero_at_init():
-    model = build_dit("tiny")
+    model = TinyDiT(**TINY_DIT, image_size=TINY_SIZE)
     out = model(*_inputs(model, batch=3))
     assert out.shape == (3, 3, 16, 16)
     assert torch.count_nonzero(out) == 0
 
 
 def test_zero_init_still_trains_the_output_layer():
-    model = build_dit("tiny")
+    model = TinyDiT(**TINY_DIT, image_size=TINY_SIZE)
     x, t, y = _inputs(model, batch=2)
     (model(x, t, y) - x).square().mean().backward()
     assert model.final_layer.linear.weight.grad.abs().sum() > 0
 
 
 def test_initialize_weights_restores_zero_output():
-    model = build_dit("tiny")
+    model = TinyDiT(**TINY_DIT, image_size=TINY_SIZE)
     _perturb_zero_init(model)
     inputs = _inputs(model, batch=2)
     assert torch.count_nonzero(model(*inputs)) > 0
@@ -130,7 +135,7 @@ def test_initialize_weights_restores_zero_output():
 
 
 def test_null_class_is_an_extra_label_row():
-    model = build_dit("tiny", num_classes=5)
+    model = TinyDiT(**TINY_DIT, image_size=TINY_SIZE, num_classes=5)
     assert model.null_class == 5
     assert model.label_embedder.table.num_embeddings == 6
     _perturb_zero_init(model)
@@ -143,7 +148,7 @@ def test_null_class_is_an_extra_label_row():
 
 
 def test_labels_and_time_change_the_output():
-    model = build_dit("tiny")
+    model = TinyDiT(**TINY_DIT, image_size=TINY_SIZE)
     _perturb_zero_init(model)
     x, t, y = _inputs(model, batch=2)
     with torch.no_grad():
@@ -156,9 +161,9 @@ def test_labels_and_time_change_the_output():
 
 
 def test_qk_norm_adds_norms_and_runs():
-    model = build_dit("tiny", qk_norm=True)
+    model = TinyDiT(**TINY_DIT, image_size=TINY_SIZE, qk_norm=True)
     assert isinstance(model.blocks[0].attn.q_norm, nn.RMSNorm)
-    assert isinstance(build_dit("tiny").blocks[0].attn.q_norm, nn.Identity)
+    assert isinstance(TinyDiT(**TINY_DIT, image_size=TINY_SIZE).blocks[0].attn.q_norm, nn.Identity)
     _perturb_zero_init(model)
     out = model(*_inputs(model, batch=2))
     assert out.shape == (2, 3, 16, 16)
@@ -166,26 +171,27 @@ def test_qk_norm_adds_norms_and_runs():
 
 
 def test_wrong_image_size_is_rejected():
-    model = build_dit("tiny")
+    model = TinyDiT(**TINY_DIT, image_size=TINY_SIZE)
     with pytest.raises(ValueError, match="expected images of shape"):
         model(torch.zeros(1, 3, 32, 32), torch.zeros(1), torch.zeros(1, dtype=torch.long))
 
 
-def test_build_dit_rejects_unknown_name_and_lists_valid_ones():
-    with pytest.raises(ValueError, match="nope") as error:
-        build_dit("nope")
-    for name in DIT_CONFIGS:
-        assert name in str(error.value)
+DIT_CONFIGS = sorted(
+    path
+    for path in [*Path(__file__).parents[1].glob("configs/*.yaml"), TINY_CONFIG]
+    if "DiTGenerator" in path.read_text()
+)
 
 
-@pytest.mark.parametrize("name", sorted(DIT_CONFIGS))
-def test_named_config_runs_a_forward(name: str):
+@pytest.mark.parametrize("config", DIT_CONFIGS, ids=lambda path: path.name)
+def test_each_configs_dit_shape_runs_a_forward(config: Path):
+    spec = yaml.safe_load(config.read_text())
+    shape = {key: spec["model"]["init_args"][key] for key in TINY_DIT}
     torch.manual_seed(0)
-    model = build_dit(name)
-    config = DIT_CONFIGS[name]
-    assert (model.image_size, model.patch_size) == (config["image_size"], config["patch_size"])
-    assert len(model.blocks) == config["depth"]
-    assert model.pos_embed.shape[-1] == config["width"]
+    model = TinyDiT(**shape, image_size=spec["data"]["image_size"])
+    assert (model.image_size, model.patch_size) == (spec["data"]["image_size"], shape["patch_size"])
+    assert len(model.blocks) == shape["depth"]
+    assert model.pos_embed.shape[-1] == shape["width"]
     with torch.no_grad():
         out = model(*_inputs(model, batch=1))
     assert out.shape == (1, 3, model.image_size, model.image_size)

@@ -7,9 +7,10 @@ from pathlib import Path
 from unittest.mock import Mock
 
 import pytest
-from conftest import OxfordArchives
 
 from tinycats.data.download import DatasetDownloadError, ensure_oxford_pets
+
+from helpers.photos import OxfordArchives
 
 
 def _leftovers(root: Path) -> list[str]:

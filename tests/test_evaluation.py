@@ -16,7 +16,7 @@ from torchmetrics.functional.classification import multiclass_accuracy, multicla
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 import tinycats.commands.evaluate
-from tinycats.cli import EXIT_USAGE, main, run_cli
+from tinycats.cli import EXIT_USAGE, main
 from tinycats.errors import TinyCatsError
 from tinycats.evaluation.generator_metrics import (
     extract_features,
@@ -32,6 +32,8 @@ from tinycats.evaluation.memorisation import (
 )
 from tinycats.models import DiTGenerator
 from tinycats.models.report import classification_report, write_report
+
+from helpers.dit import TINY_DIT, TINY_SIZE
 
 CONFIGS = Path(__file__).parent / "configs"
 SIZE = 16
@@ -158,12 +160,11 @@ def test_report_refuses_an_empty_matrix():
         classification_report(torch.zeros(2, 2), ["cat", "dog"])
 
 
-def test_tinycats_test_writes_the_report_and_a_png(pets_sample: Path, tmp_path: Path):
-    common = ["-c", str(CONFIGS / "classifier_tiny.yaml"), "--run.outputs", str(tmp_path),
-              "--data.root", str(tmp_path / "data"), "--data.source", str(pets_sample)]  # fmt: skip
-    summary = run_cli(["fit", *common, "--trainer.max_steps", "2"])
+def test_tinycats_test_writes_the_report_and_a_png(run_tinycats, tmp_path: Path):
+    config = CONFIGS / "classifier_tiny.yaml"
+    summary = run_tinycats("fit", config, tmp_path, "--trainer.max_steps", "2")
     run = Path(summary["run_dir"])
-    run_cli(["test", *common, "--ckpt_path", str(run / "last.ckpt")])
+    run_tinycats("test", config, tmp_path, "--ckpt_path", str(run / "last.ckpt"))
     (found,) = run.rglob("report_test.json")  # where the test's logs go: the run or a subfolder
     logs = found.parent
     report = json.loads(found.read_text())
@@ -181,9 +182,8 @@ def test_tinycats_test_writes_the_report_and_a_png(pets_sample: Path, tmp_path: 
 # --- tinycats evaluate (also as evaluate-generator) ---------------------------------------
 
 
-def test_evaluate_generator_scores_a_tiny_run(pets_sample: Path, tmp_path: Path, monkeypatch):
-    main(["fit", "-c", str(CONFIGS / "dit_tiny.yaml"), "--run.outputs", str(tmp_path),
-          "--data.root", str(tmp_path / "data"), "--data.source", str(pets_sample)])  # fmt: skip
+def test_evaluate_generator_scores_a_tiny_run(run_tinycats, tmp_path: Path, monkeypatch):
+    run_tinycats("fit", CONFIGS / "dit_tiny.yaml", tmp_path)
     (run,) = (tmp_path / "checkpoints" / "dit").glob("*/tiny")
     # Inception's weights would need a download: the small extractor takes its place.
     monkeypatch.setattr(tinycats.commands.evaluate, "inception_extractor",
@@ -209,7 +209,7 @@ def test_evaluate_generator_scores_a_tiny_run(pets_sample: Path, tmp_path: Path,
 
 def test_evaluate_generator_needs_the_runs_config(tmp_path: Path, capsys):
     ckpt = tmp_path / "last.ckpt"
-    model = DiTGenerator(num_classes=12, arch="tiny")
+    model = DiTGenerator(num_classes=12, **TINY_DIT, image_size=TINY_SIZE)
     hparams = dict(model.hparams)
     version = {"pytorch-lightning_version": lightning.__version__}
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": hparams, **version}, ckpt)

@@ -19,6 +19,8 @@ from tinycats.commands.onnx_sampler import class_names, load_velocity, onnx_samp
 from tinycats.models import CatClassifier, DiTGenerator
 from tinycats.networks.flow import sample
 
+from helpers.dit import TINY_DIT, TINY_SIZE
+
 TOLERANCE = 1e-4  # largest absolute difference allowed between onnxruntime and PyTorch
 CLASSIFIER_SIZE = 32
 
@@ -57,7 +59,7 @@ def classifier_export(tmp_path_factory) -> tuple[CatClassifier, Path, str]:
 def dit_export(tmp_path_factory) -> tuple[DiTGenerator, Path, str]:
     """A random tiny DiT, its velocity graph made by `tinycats export`, and the output."""
     tmp = tmp_path_factory.mktemp("dit")
-    model = DiTGenerator(num_classes=12, arch="tiny").eval()
+    model = DiTGenerator(num_classes=12, **TINY_DIT, image_size=TINY_SIZE).eval()
     _randomise(model)
     printed = _run_export(_save(model, tmp / "last.ckpt"), tmp / "export")
     return model, tmp / "export" / "dit_velocity.onnx", printed

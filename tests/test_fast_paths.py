@@ -12,6 +12,8 @@ from tinycats.data import PetsDataModule
 from tinycats.models import CatClassifier
 from tinycats.models.performance import CompiledOrEager, auto_precision
 
+from helpers.dit import TINY_DIT
+
 
 @pytest.fixture(scope="module")
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,7 +105,7 @@ def test_the_dit_falls_back_to_eager_with_the_same_loss(monkeypatch) -> None:
         torch, "compile", lambda module: lambda *args: (_ for _ in ()).throw(RuntimeError("no"))
     )
     torch.manual_seed(0)
-    model = DiTGenerator(num_classes=3, arch="tiny", image_size=16, compile=True)
+    model = DiTGenerator(num_classes=3, **TINY_DIT, image_size=16, compile=True)
     model.configure_model()
     x0, labels = torch.rand(4, 3, 16, 16) * 2 - 1, torch.tensor([0, 1, 2, 0])
     noise, t = torch.randn_like(x0), torch.rand(4)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from tinycats.networks.dit import build_dit
+from tinycats.networks.dit import TinyDiT
 from tinycats.networks.flow import (
     flow_loss,
     interpolate,
@@ -14,6 +14,8 @@ from tinycats.networks.flow import (
     sample_timesteps,
     velocity_target,
 )
+
+from helpers.dit import TINY_DIT, TINY_SIZE
 
 NULL = 12
 
@@ -107,7 +109,7 @@ def test_loss_draws_noise_from_the_generator():
 
 
 def test_loss_trains_a_real_model():
-    model = build_dit("tiny")
+    model = TinyDiT(**TINY_DIT, image_size=TINY_SIZE)
     x0 = torch.randn(2, 3, 16, 16)
     loss = flow_loss(model, x0, torch.tensor([0, 1]), generator=torch.Generator().manual_seed(0))
     loss.backward()
@@ -202,7 +204,7 @@ def test_without_guidance_only_the_conditional_pass_runs():
 
 
 def test_sampling_is_deterministic_and_gradient_free():
-    model = build_dit("tiny")
+    model = TinyDiT(**TINY_DIT, image_size=TINY_SIZE)
     with torch.no_grad():
         for linear in (model.final_layer.linear, model.final_layer.modulation[-1]):
             linear.weight.normal_(std=0.1)

@@ -14,6 +14,8 @@ from tinycats.models.ema import GeneratorEMA
 from tinycats.models.generator import drop_labels
 from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints, no_commit
 
+from helpers.dit import TINY_DIT
+
 SIZE = 16
 
 
@@ -82,7 +84,7 @@ def test_drop_labels_uses_the_null_class_at_the_given_rate():
 
 @pytest.mark.parametrize("flip", [False, True])
 def test_training_inputs_are_the_data_or_its_mirror(flip: bool):
-    model = DiTGenerator(num_classes=3, arch="tiny", image_size=SIZE, flip=flip, label_dropout=0)
+    model = DiTGenerator(num_classes=3, **TINY_DIT, image_size=SIZE, flip=flip, label_dropout=0)
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (64, 3, SIZE, SIZE), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 3, (64,), generator=g)
@@ -104,7 +106,7 @@ def test_training_inputs_are_the_data_or_its_mirror(flip: bool):
 
 def test_validation_loss_is_fixed_and_starts_at_the_zero_predictor_baseline(tmp_path: Path):
     data = _datamodule(tmp_path, classes=3, per_class=8, batch_size=4)
-    model = DiTGenerator(num_classes=3, arch="tiny", image_size=SIZE)
+    model = DiTGenerator(num_classes=3, **TINY_DIT, image_size=SIZE)
     trainer = _trainer(max_steps=1)
     first = trainer.validate(model, data, verbose=False)[0]["val/flow_loss"]
     again = trainer.validate(model, data, verbose=False)[0]["val/flow_loss"]
@@ -121,7 +123,7 @@ def test_ema_weights_and_lr_schedule_survive_save_and_resume_exactly(tmp_path: P
     # 18 training images in batches of 4, 5 steps an epoch: the run resumes at step 3, mid-epoch,
     # and goes on into the next epoch; validation every 2 steps swaps the EMA in and out.
     data = _datamodule(tmp_path, classes=3, per_class=8, batch_size=4)
-    settings = dict(num_classes=3, arch="tiny", image_size=SIZE, lr=1e-3, warmup_fraction=0.3,
+    settings = dict(num_classes=3, **TINY_DIT, image_size=SIZE, lr=1e-3, warmup_fraction=0.3,
                     ema_decay=0.5, ema_start_step=1)  # fmt: skip
 
     def fit(run: str, ckpt_path: Path | None = None) -> tuple[DiTGenerator, L.Trainer]:
@@ -168,7 +170,7 @@ def test_learns_a_visible_class_well_below_the_baseline(tmp_path: Path):
     classes = 4
     data = _datamodule(tmp_path, classes=classes, per_class=32, batch_size=32)
     torch.manual_seed(0)
-    model = DiTGenerator(num_classes=classes, arch="tiny", image_size=SIZE, lr=2e-3,
+    model = DiTGenerator(num_classes=classes, **TINY_DIT, image_size=SIZE, lr=2e-3,
                          warmup_fraction=0.05, ema_decay=0.98, ema_start_step=100)  # fmt: skip
     trainer = _trainer(max_steps=400, enable_checkpointing=False, check_val_every_n_epoch=1000)
     trainer.fit(model, data)

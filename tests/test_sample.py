@@ -13,17 +13,18 @@ from tinycats.models import CatClassifier, DiTGenerator
 from tinycats.models.grid import PADDING, save_labelled_grid
 from tinycats.runs.resume import load_trained
 
+from helpers.dit import TINY_DIT
+
 TINY_CONFIG = Path(__file__).parent / "configs" / "dit_tiny.yaml"
 SIZE = 16  # the tiny config's image size
 BREEDS = 12
 
 
 @pytest.fixture(scope="module")
-def run_dir(pets_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def run_dir(run_tinycats, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The run directory of a 4-step `tinycats fit` of the tiny config on the sample photos."""
     outputs = tmp_path_factory.mktemp("outputs")
-    main(["fit", "-c", str(TINY_CONFIG), "--run.outputs", str(outputs),
-          "--data.root", str(outputs / "data"), "--data.source", str(pets_sample)])  # fmt: skip
+    run_tinycats("fit", TINY_CONFIG, outputs)
     (found,) = (outputs / "checkpoints" / "dit").glob("*/tiny")
     return found
 
@@ -74,7 +75,7 @@ def test_a_run_dir_skips_a_truncated_newest_checkpoint(run_dir: Path, tmp_path: 
     last.write_bytes(last.read_bytes()[:1000])  # also makes it the newest file
     model = load_trained(copy, DiTGenerator)
     assert "Skipping unreadable checkpoint" in caplog.text
-    assert model.hparams.arch == "tiny"
+    assert model.hparams.width == TINY_DIT["width"]
 
 
 def _classifier_checkpoint(path: Path) -> Path:

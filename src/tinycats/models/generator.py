@@ -14,7 +14,7 @@ from tinycats.models.grid import save_labelled_grid
 from tinycats.models.optim import adamw_warmup_cosine
 from tinycats.models.performance import CompiledOrEager
 from tinycats.networks.augment import random_flip, to_unit_range
-from tinycats.networks.dit import build_dit
+from tinycats.networks.dit import TinyDiT
 from tinycats.networks.flow import flow_loss, sample
 from tinycats.networks.randomness import step_generator
 
@@ -36,9 +36,12 @@ class DiTGenerator(L.LightningModule):
     Args:
         num_classes: number of classes (linked from the data module).
         class_names: their names, used to label sample grids (linked from the data module).
-        arch: a named network shape from ``tinycats.networks.dit.DIT_CONFIGS``.
-        image_size: side of the images; must equal the data's (linked from the data module);
-            ``null`` keeps the arch's own.
+        patch_size: side of the square patches the network cuts images into (its tokens).
+        width: the network's token width.
+        depth: its number of transformer blocks.
+        heads: attention heads per block (width must be divisible by them).
+        image_size: side of the images; must equal the data's (the CLI sets it from
+            ``data.image_size``).
         lr: peak learning rate of AdamW.
         weight_decay: AdamW weight decay.
         warmup_fraction: share of the training steps spent warming the learning rate up.
@@ -63,9 +66,13 @@ class DiTGenerator(L.LightningModule):
 
     def __init__(
         self,
+        *,
+        patch_size: int,
+        width: int,
+        depth: int,
+        heads: int,
         num_classes: int = 12,
         class_names: list[str] | None = None,
-        arch: str = "S-4-64",
         image_size: int | None = None,
         lr: float = 2e-4,
         weight_decay: float = 0.0,
@@ -92,9 +99,17 @@ class DiTGenerator(L.LightningModule):
                 f"ema_decay must be in [0, 1] and ema_every_n_steps >= 1, got {ema_decay} and "
                 f"{ema_every_n_steps}."
             )
-        size = {} if image_size is None else {"image_size": image_size}
+        if image_size is None:
+            raise TinyCatsError("DiTGenerator needs image_size (the CLI sets data.image_size).")
         try:
-            self.model = build_dit(arch, num_classes=num_classes, **size)
+            self.model = TinyDiT(
+                image_size=image_size,
+                patch_size=patch_size,
+                width=width,
+                depth=depth,
+                heads=heads,
+                num_classes=num_classes,
+            )
         except ValueError as err:
             raise TinyCatsError(f"Cannot build the DiT: {err}.") from err
         self._compiled: CompiledOrEager | None = None

@@ -9,6 +9,8 @@ from torch import Tensor
 from torchvision.transforms.v2.functional import to_pil_image
 from torchvision.utils import make_grid
 
+from tinycats.atomic import write_atomically
+
 PADDING = 2  # pixels between images and around the grid
 
 
@@ -32,7 +34,4 @@ def save_labelled_grid(images: Tensor, row_labels: Sequence[str], path: Path) ->
         middle = PADDING + row * (image_height + PADDING) + image_height / 2
         draw.text((PADDING, middle), label, fill="black", font=font, anchor="lm")
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Written under another name and renamed: a reader (or a volume commit) never sees half a file.
-    partial = path.with_name(f"{path.name}.partial")
-    canvas.save(partial, format="PNG")
-    partial.replace(path)
+    write_atomically(path, lambda partial: canvas.save(partial, format="PNG"))

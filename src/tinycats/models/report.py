@@ -3,7 +3,7 @@ confusion matrix as a PNG a person can read."""
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,8 @@ from torchmetrics.functional.classification import (
     multiclass_precision,
     multiclass_recall,
 )
+
+from tinycats.atomic import write_atomically
 
 CELL = 44  # pixels per matrix cell: room for a four-digit count
 MARGIN = 8
@@ -65,13 +67,15 @@ def write_report(matrix: Tensor, class_names: Sequence[str], out_dir: Path, stag
     """Write the report as ``report_<stage>.json`` and ``confusion_<stage>.png``; return it."""
     report = {"stage": stage, **classification_report(matrix, class_names)}
     out_dir.mkdir(parents=True, exist_ok=True)
-    _replace(out_dir / f"report_{stage}.json", lambda p: p.write_text(json.dumps(report, indent=1)))
+    write_atomically(
+        out_dir / f"report_{stage}.json", lambda p: p.write_text(json.dumps(report, indent=1))
+    )
     title = (
         f"{stage} split, {report['num_images']} images: accuracy {report['accuracy']:.3f}, "
         f"macro-F1 {report['macro_f1']:.3f}"
     )
     picture = draw_confusion(torch.as_tensor(matrix), class_names, title)
-    _replace(out_dir / f"confusion_{stage}.png", lambda p: picture.save(p, format="PNG"))
+    write_atomically(out_dir / f"confusion_{stage}.png", lambda p: picture.save(p, format="PNG"))
     return report
 
 
@@ -131,10 +135,3 @@ def _vertical_text(text: str, font: ImageFont.FreeTypeFont) -> Image.Image:
 
 def _paste_black(canvas: Image.Image, mask: Image.Image, x: int, y: int) -> None:
     canvas.paste((0, 0, 0), (x, y, x + mask.width, y + mask.height), mask)
-
-
-def _replace(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary name, so a reader (or a volume commit) never sees half a file."""
-    partial = path.with_name(f"{path.name}.partial")
-    write(partial)
-    partial.replace(path)

@@ -6,7 +6,6 @@ is reserved as the null class for classifier-free guidance.
 """
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -248,26 +247,3 @@ class TinyDiT(nn.Module):
         for block in self.blocks:
             tokens = block(tokens, c)
         return unpatchify(self.final_layer(tokens, c), self.patch_size)
-
-
-# ----------------------------------------------------------------------------------------------
-# Named configurations
-# ----------------------------------------------------------------------------------------------
-
-DIT_CONFIGS: dict[str, dict] = {
-    # Small enough for CPU tests.
-    "tiny": dict(image_size=16, patch_size=4, width=64, depth=2, heads=2),
-    # A few minutes of CPU training on the 96 sample cat photos at 32 px: 64 tokens.
-    "mini": dict(image_size=32, patch_size=4, width=128, depth=4, heads=4),
-    # DiT-S/4 at 64 px: 256 tokens.
-    "S-4-64": dict(image_size=64, patch_size=4, width=384, depth=12, heads=6),
-    # The earlier project's shape: DiT-S/16 at 128 px, only 64 tokens.
-    "earlier-128": dict(image_size=128, patch_size=16, width=384, depth=12, heads=6),
-}
-
-
-def build_dit(name: str, **overrides: Any) -> TinyDiT:
-    """Build the named configuration from DIT_CONFIGS, with keyword overrides."""
-    if name not in DIT_CONFIGS:
-        raise ValueError(f"unknown DiT config {name!r}; valid names: {', '.join(DIT_CONFIGS)}")
-    return TinyDiT(**{**DIT_CONFIGS[name], **overrides})

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tinycats.atomic import write_atomically
 from tinycats.errors import TinyCatsError
 
 SUMMARY = "summary.json"
@@ -53,9 +54,8 @@ class RunDir:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         """Record that the run finished, with its final metrics (written atomically)."""
-        partial = self.summary_path.with_suffix(".partial")
-        partial.write_text(json.dumps(summary, indent=2, sort_keys=True))
-        partial.replace(self.summary_path)
+        text = json.dumps(summary, indent=2, sort_keys=True)
+        write_atomically(self.summary_path, lambda partial: partial.write_text(text))
 
 
 def resolve_run_dir(spec: RunSpec, default_model: str, today: dt.date | None = None) -> RunDir:
