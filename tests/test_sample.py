@@ -9,6 +9,7 @@ from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
 from tinycats.cli import EXIT_USAGE, main
+from tinycats.errors import TinyCatsError
 from tinycats.models import CatClassifier, DiTGenerator
 from tinycats.models.grid import PADDING, save_labelled_grid
 from tinycats.runs.resume import load_trained
@@ -127,3 +128,24 @@ def test_grid_labels_each_row(tmp_path: Path):
     for row in range(2):
         top = PADDING + row * (SIZE + PADDING)
         assert (pixels[top : top + SIZE, :margin] < 128).any(), f"row {row} has no label"
+
+
+def test_sample_reads_its_options_from_a_config_file(run_dir: Path, tmp_path: Path):
+    config = tmp_path / "sample.yaml"
+    config.write_text(f"ckpt_path: {run_dir}\nbreed: Bengal\nn: 2\nsteps: 2\n")
+    main(["sample", "--config", str(config), "--out", str(tmp_path / "grid.png")])
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.height == SIZE + 2 * PADDING  # one breed: one row
+        assert grid.width > 2 * (SIZE + PADDING)
+
+
+def test_a_checkpoint_of_a_named_dit_shape_is_refused_clearly(run_dir: Path, tmp_path: Path):
+    """Checkpoints written before the shapes moved into the configs hold ``arch`` instead."""
+    checkpoint = torch.load(run_dir / "last.ckpt", weights_only=True)
+    hparams = checkpoint["hyper_parameters"]
+    for key in TINY_DIT:
+        del hparams[key]
+    hparams["arch"] = "tiny"
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    with pytest.raises(TinyCatsError, match="older tinycats: DiTGenerator no longer takes arch"):
+        load_trained(tmp_path / "old.ckpt", DiTGenerator)
