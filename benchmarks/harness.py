@@ -11,7 +11,6 @@ until one epoch holds every timed step.
 
 import argparse
 import functools
-import importlib
 import inspect
 import itertools
 import logging
@@ -27,12 +26,12 @@ from typing import Any
 
 import lightning as L
 import torch
-import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from tinycats.data import PetsDataModule
 from tinycats.data.catalog import build_catalog, class_names_for
 from tinycats.models.performance import allow_tf32, auto_precision
+from tinycats.runs.run_dir import model_class, read_config
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = REPO.parent / "shared/data/oxford-pets-sample/images"
@@ -110,14 +109,13 @@ def sizes_for(device: torch.device, quick: bool) -> Sizes:
 
 def load_workload(config: str, device: torch.device, quick: bool) -> Workload:
     """Read a training config and size its batch for the device (see the module docstring)."""
-    spec = yaml.safe_load((REPO / config).read_text())
-    module_name, class_name = spec["model"]["class_path"].rsplit(".", 1)
+    spec = read_config(REPO / config)
     batch = spec["data"]["batch_size"]
     if device.type == "cpu" and not quick:
         batch = max(2, batch // CPU_BATCH_DIVISOR)
     return Workload(
         config=config,
-        model_class=getattr(importlib.import_module(module_name), class_name),
+        model_class=model_class(spec["model"]["class_path"]),
         model_args=spec["model"].get("init_args", {}),
         labels=spec["data"]["labels"],
         image_size=spec["data"]["image_size"],

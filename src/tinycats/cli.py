@@ -20,7 +20,7 @@ from tinycats.errors import TinyCatsError
 from tinycats.models.performance import allow_tf32, auto_precision
 from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints, no_commit
 from tinycats.runs.resume import newest_run, resolve_resume
-from tinycats.runs.run_dir import RunSpec, model_dir, resolve_run_dir
+from tinycats.runs.run_dir import RunSpec, model_class, model_dir, resolve_run_dir
 
 log = logging.getLogger("tinycats")
 
@@ -197,9 +197,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def _model_group(class_path: str) -> str:
     """The folder name of a model's runs: its ``run_group`` (classifier, dit)."""
-    module, _, name = class_path.rpartition(".")
-    model_class = getattr(importlib.import_module(module), name)
-    return getattr(model_class, "run_group", name.lower())
+    found = model_class(class_path)
+    return getattr(found, "run_group", found.__name__.lower())
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:

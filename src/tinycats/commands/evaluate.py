@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import Tensor, nn
 
 from tinycats.commands.parsing import call_with_args
@@ -34,6 +33,7 @@ from tinycats.evaluation.memorisation import (
 from tinycats.models.generator import DiTGenerator
 from tinycats.networks.flow import Method
 from tinycats.runs.resume import load_trained
+from tinycats.runs.run_dir import read_config
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ def load_real_images(run_dir: Path, location: DataLocation = DataLocation()) -> 
             f"{config} does not exist: evaluate reads the data settings from the run's "
             "config.yaml. Pass a run directory of `tinycats fit`, or a checkpoint inside one."
         )
-    settings = yaml.safe_load(config.read_text()).get("data") or {}
+    settings = read_config(config).get("data") or {}
     settings.update({key: value for key, value in asdict(location).items() if value is not None})
     try:
         datamodule = PetsDataModule(**settings)

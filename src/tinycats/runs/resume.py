@@ -6,7 +6,6 @@ Policies (``--resume``): ``auto`` continues this run if it has a checkpoint, els
 fresh (and refuses a run directory that already holds checkpoints); anything else is a path.
 """
 
-import importlib
 import inspect
 import logging
 from pathlib import Path
@@ -18,6 +17,7 @@ from torch import nn
 
 from tinycats import models
 from tinycats.errors import TinyCatsError
+from tinycats.runs.run_dir import model_class
 
 log = logging.getLogger(__name__)
 
@@ -141,15 +141,11 @@ def trained_class(checkpoint: dict[str, Any], path: Path) -> type[L.LightningMod
         raise TinyCatsError(
             f"{path} is not a checkpoint of a tinycats model ({', '.join(models.__all__)})."
         )
-    module, _, name = class_path.rpartition(".")
-    try:
-        module_class = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise TinyCatsError(f"{path} was saved from {class_path}, which is gone ({err}).") from err
+    module_class = model_class(class_path)
     unknown = sorted(given - _arguments(module_class))
     if unknown:  # load_from_checkpoint would drop them and fail later, on the weights
         raise TinyCatsError(
-            f"{path} was written by an older tinycats: {name} no longer takes "
+            f"{path} was written by an older tinycats: {module_class.__name__} no longer takes "
             f"{', '.join(unknown)} (plans/0010-layout.md says what changed). Train it again, or "
             "load it with the tinycats version that wrote it."
         )

@@ -6,11 +6,14 @@ rerun or a retry, also one that starts after midnight, lands in the same directo
 """
 
 import datetime as dt
+import importlib
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from tinycats.atomic import write_atomically
 from tinycats.errors import TinyCatsError
@@ -77,3 +80,23 @@ def resolve_run_dir(spec: RunSpec, default_model: str, today: dt.date | None = N
 def model_dir(spec: RunSpec, default_model: str) -> Path:
     """The folder holding every run of a model, across dates."""
     return Path(spec.outputs) / "checkpoints" / (spec.model or default_model)
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A training config (``configs/*.yaml``, or the ``config.yaml`` a run saves) as a dict."""
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise TinyCatsError(f"Cannot read the config {path}: {err}") from err
+    if not isinstance(config, dict):
+        raise TinyCatsError(f"{path} is not a tinycats config (a YAML mapping of sections).")
+    return config
+
+
+def model_class(class_path: str) -> type:
+    """The class a config's or a checkpoint's ``class_path`` names (tinycats.models.X)."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise TinyCatsError(f"{class_path!r} names no importable class ({err}).") from err
