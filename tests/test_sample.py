@@ -12,7 +12,7 @@ from tinycats.cli import EXIT_USAGE, main
 from tinycats.errors import TinyCatsError
 from tinycats.models import CatClassifier, DiTGenerator
 from tinycats.models.grid import PADDING, save_labelled_grid
-from tinycats.runs.resume import load_trained
+from tinycats.runs.loading import load_trained
 
 from helpers.dit import TINY_DIT
 

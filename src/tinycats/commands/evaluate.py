@@ -32,7 +32,7 @@ from tinycats.evaluation.memorisation import (
 )
 from tinycats.models.generator import DiTGenerator
 from tinycats.networks.flow import Method
-from tinycats.runs.resume import load_trained
+from tinycats.runs.loading import load_trained
 from tinycats.runs.run_dir import read_config
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from tinycats.errors import TinyCatsError
 from tinycats.models import CatClassifier, DiTGenerator
 from tinycats.networks.dit import TinyDiT
 from tinycats.networks.flow import sample
-from tinycats.runs.resume import load_trained
+from tinycats.runs.loading import load_trained
 
 try:
     import onnxruntime as ort

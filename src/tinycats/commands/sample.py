@@ -9,7 +9,7 @@ from tinycats.errors import TinyCatsError
 from tinycats.models.generator import DiTGenerator
 from tinycats.models.grid import save_labelled_grid
 from tinycats.networks.flow import Method
-from tinycats.runs.resume import load_trained
+from tinycats.runs.loading import load_trained
 
 DESCRIPTION = """\
 Draw cats with a TinyDiT trained by `tinycats fit -c configs/dit.yaml`, and save them as one

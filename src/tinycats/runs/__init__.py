@@ -1,2 +1,3 @@
-"""Runs on disk: where a run lives (``run_dir``), how it checkpoints (``checkpointing``), and
-which checkpoint it continues from or a command loads (``resume``)."""
+"""Runs on disk: where a run lives (``run_dir``), how it checkpoints (``checkpointing``), which
+checkpoint it continues from (``resume``), and how a command loads a trained module
+(``loading``)."""
