@@ -694,17 +694,25 @@ def test_a_launch_without_a_date_continues_the_newest_run_of_its_name(
 
 @pytest.mark.slow
 def test_a_start_checkpoint_is_used_only_while_the_run_has_none(
-    remote, storage, pets_sample, caplog
+    remote, storage, pets_sample, monkeypatch, caplog
 ) -> None:
     config, source = CLASSIFIER_TINY.read_text(), f"--data.source={pets_sample}"
     base = remote.Runner().fit.local(config, [source, "--trainer.max_steps=2"], "base", RUN_DATE)
     start = str(Path(base["run_dir"]).relative_to(storage.outputs) / "last.ckpt")
     caplog.set_level("INFO", logger="tinycats")
-    longer = [source, "--trainer.max_steps=3"]
-    tuned = remote.Runner().fit.local(config, longer, "tuned", RUN_DATE, start)
-    assert tuned["status"] == "finished" and tuned["global_step"] == 3
+    longer = [source, "--trainer.max_steps=4"]
+    # The first attempt starts from the base run and is cut short after one step...
+    monkeypatch.setattr(remote, "TIMEOUT_S", 1)
+    first = remote.Runner().fit.local(config, longer, "tuned", RUN_DATE, start)
+    assert first["status"] == "continue" and first["global_step"] == 3
     assert f"Resuming from {storage.outputs / start}" in caplog.text
-    # A retry, or a relaunch, of the finished run does not start it over from the base.
+    # ...and the next one continues the tuned run, not the base run again.
+    caplog.clear()
+    monkeypatch.setattr(remote, "TIMEOUT_S", 3600)
+    tuned = remote.Runner().fit.local(config, longer, "tuned", RUN_DATE, start)
+    assert f"Resuming from {Path(first['run_dir']) / 'last.ckpt'}" in caplog.text
+    assert tuned["status"] == "finished" and tuned["global_step"] == 4
+    # A relaunch of the finished run returns it; it does not start over from the base.
     assert remote.Runner().fit.local(config, longer, "tuned", RUN_DATE, start) == tuned
 
 
