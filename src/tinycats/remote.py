@@ -3,13 +3,15 @@
     modal run --detach src/tinycats/remote.py::fit --config configs/classifier.yaml
     modal run src/tinycats/remote.py::sample --run checkpoints/dit/2026-01-31/cats
 
-This file is the whole Modal layer, and it is meant to stay thin: the container runs the very
+This file is the Modal layer, and it is meant to stay thin: the container runs the very
 LightningCLI that `tinycats fit` runs on a laptop. Only two things differ on Modal, where files
-live and how a write becomes durable, and both are passed in.
+live and how a write becomes durable, and both are passed in. What Modal must do when an attempt
+fails, is refused or runs out of time is the table in plans/0013-modal-outcomes.md.
 
 `modal run` imports this file on your computer too, to find out what to launch. That is why it
-imports nothing but `modal` and the standard library at the top: torch and Lightning cost
-seconds to import, and only the container needs them.
+imports nothing but `modal`, the standard library and `tinycats.launch` (the checks made before a
+launch, torch-free) at the top: torch and Lightning cost seconds to import, and only the
+container needs them.
 """
 
 import contextlib
