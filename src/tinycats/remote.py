@@ -192,9 +192,7 @@ class Runner:
                       "Modal retries it; the run continues from its last checkpoint.",
                       file=sys.stderr, flush=True)  # fmt: skip
                 raise
-            print(f"\n{'=' * 78}\ntinycats: REFUSED, not retried: {refusal}\n{'=' * 78}",
-                  file=sys.stderr, flush=True)  # fmt: skip
-            return {"status": "refused", "error": refusal}
+            return _refuse(refusal)
         return _with_run_facts(summary, run)
 
     def _train(self, config_text: str, overrides: list[str], run: Path, start_from: str,
@@ -236,8 +234,15 @@ class Runner:
                              "--n", str(n), "--steps", str(steps), "--cfg", str(cfg),
                              "--seed", str(seed), "--out", str(out)])  # fmt: skip
             except TinyCatsError as err:
-                return {"status": "refused", "error": str(err)}
+                return _refuse(str(err))
             return {"status": "drawn", "png": out.read_bytes()}
+
+
+def _refuse(error: str) -> dict[str, Any]:
+    """Say loudly in the container's log that a call is refused, and return the refusal."""
+    print(f"\n{'=' * 78}\ntinycats: REFUSED, not retried: {error}\n{'=' * 78}",
+          file=sys.stderr, flush=True)  # fmt: skip
+    return {"status": "refused", "error": error}
 
 
 def _refusal_for(failure: BaseException, stderr: str) -> str | None:
