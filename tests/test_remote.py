@@ -175,6 +175,33 @@ def test_a_bad_setting_in_the_environment_stops_the_import(env, message) -> None
     assert "LaunchError" in done.stderr and message in done.stderr
 
 
+BLOCK = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {blocked!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}")
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_without_the_project_installed_the_launch_says_how_to_install_it() -> None:
+    done = python(BLOCK.format(blocked=("tinycats",)) + IMPORT_REMOTE)
+    assert done.returncode != 0
+    assert "cannot import the tinycats package" in done.stderr and "pip install -e ." in done.stderr
+
+
+def test_without_pyyaml_the_config_check_says_how_to_install_it() -> None:
+    done = python(BLOCK.format(blocked=("yaml",)) + IMPORT_REMOTE + """
+try:
+    remote.launch.check_config("model: {}", "c.yaml", [], "/data", "tinycats-data")
+except remote.LaunchError as err:
+    print(err)
+""")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "PyYAML is missing" in done.stdout and "pip install -e ." in done.stdout
+
+
 def test_modal_run_resolves_the_entrypoint_and_stops_only_at_the_missing_token(tmp_path) -> None:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MODAL_", "TINYCATS_"))} | {"HOME": str(tmp_path)}  # fmt: skip
