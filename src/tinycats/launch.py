@@ -186,6 +186,10 @@ def override_value(overrides: list[str], key: str) -> str | None:
 
 # ## Commands printed for the user
 
+# What a run is used and judged by; the step checkpoints are only for resuming.
+ESSENTIAL_FILES = ("last.ckpt", "summary.json", "metrics.csv", "samples")
+LARGE_RUN_BYTES = 1 << 30
+
 
 def fetch_commands(volume: str, run_dir: str, run_bytes: int, present: list[str]) -> list[str]:
     """Commands that download a run (a path inside ``volume``) into ./outputs/<same path>.
@@ -210,11 +214,6 @@ def fetch_commands(volume: str, run_dir: str, run_bytes: int, present: list[str]
         )
         commands.append(f"mkdir -p {shlex.quote(str(local))} && {parts}")
     return commands
-
-
-# What a run is used and judged by; the step checkpoints are only for resuming.
-ESSENTIAL_FILES = ("last.ckpt", "summary.json", "metrics.csv", "samples")
-LARGE_RUN_BYTES = 1 << 30
 
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
