@@ -90,7 +90,7 @@ def test_an_unknown_config_key_is_refused(tmp_path: Path, pets_sample: Path) -> 
 def test_missing_data_without_network_names_the_fix(tmp_path: Path) -> None:
     done = tinycats("fit", "-c", TINY, f"--run.outputs={tmp_path / 'o'}", f"--data.root={tmp_path / 'd'}",
                     "--data.source=oxford-pets", "--data.base_url=http://127.0.0.1:9/")  # fmt: skip
-    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.returncode == 1 and "Traceback" not in done.stderr  # 1: worth trying again
     assert "http://127.0.0.1:9/images.tar.gz" in done.stderr and str(tmp_path / "d") in done.stderr
 
 

@@ -9,6 +9,7 @@ from unittest.mock import Mock
 import pytest
 
 from tinycats.data.download import DatasetDownloadError, ensure_oxford_pets
+from tinycats.errors import TinyCatsError, TransientError
 
 from helpers.photos import OxfordArchives
 
@@ -120,7 +121,7 @@ def test_corrupt_archive_placed_by_hand_is_reported_and_kept(
     placed = tmp_path / "images.tar.gz"
     placed.write_bytes((oxford_archives.folder / "images.tar.gz").read_bytes()[:1000])
 
-    with pytest.raises(DatasetDownloadError, match="placed there by hand") as raised:
+    with pytest.raises(TinyCatsError, match="placed there by hand") as raised:
         ensure_oxford_pets(tmp_path, base_url=server.url, checksums=oxford_archives.checksums)
 
     assert str(placed) in str(raised.value)
@@ -143,14 +144,22 @@ def test_leftovers_of_a_killed_attempt_do_not_break_the_next_call(
     assert not stale.exists()
 
 
-def test_unmarked_dataset_folder_is_not_overwritten(
-    tmp_path: Path, oxford_archives: OxfordArchives, loopback_server
+def test_a_half_installed_dataset_folder_is_installed_again(
+    tmp_path: Path, oxford_archives: OxfordArchives, loopback_server, caplog
 ) -> None:
+    # An install killed after the folder was moved into place but before it was marked.
     server = loopback_server(oxford_archives.folder)
-    (tmp_path / "oxford-iiit-pet" / "images").mkdir(parents=True)
+    half = tmp_path / "oxford-iiit-pet"
+    (half / "images").mkdir(parents=True)
+    (half / "images" / "Bengal_1.jpg").write_bytes(b"half a photo")
 
-    with pytest.raises(DatasetDownloadError, match=r"no \.complete marker"):
-        ensure_oxford_pets(tmp_path, base_url=server.url, checksums=oxford_archives.checksums)
+    dataset = ensure_oxford_pets(tmp_path, base_url=server.url, checksums=oxford_archives.checksums)
 
-    assert (tmp_path / "oxford-iiit-pet" / "images").is_dir()
-    assert server.requests == []
+    _assert_installed(dataset, oxford_archives)
+    assert "an earlier install was cut short" in caplog.text
+    assert _leftovers(tmp_path) == ["oxford-iiit-pet"]
+
+
+def test_download_errors_are_transient_and_wrong_files_are_not() -> None:
+    assert issubclass(DatasetDownloadError, TransientError)
+    assert not issubclass(TinyCatsError, TransientError)

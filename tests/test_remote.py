@@ -133,9 +133,11 @@ def test_environment_variables_change_the_launch_settings() -> None:
     ("gpu", "timeout", "retries", "message"),
     [
         ("X100", 60, 3, "Unknown GPU 'X100'. Use one of T4, L4"),
-        ("H100:9", 60, 3, "N from 1 to 8"),
-        ("H100:0", 60, 3, "N from 1 to 8"),
+        ("H100:9", 60, 3, "1 to 8 H100 GPUs"),
+        ("H100:0", 60, 3, "1 to 8 H100 GPUs"),
+        ("A10:5", 60, 3, "1 to 4 A10 GPUs"),
         ("A100:two", 60, 3, "Unknown GPU"),
+        ("H100?", 60, 3, "Unknown GPU"),
         ("T4", 0, 3, "outside Modal's range for one attempt, 1 s to 24 h"),
         ("T4", 24 * 3600 + 1, 3, "Set TINYCATS_TIMEOUT"),
         ("T4", 60, -1, "Retries -1 is outside 0 to 10"),
@@ -146,13 +148,18 @@ def test_invalid_launch_settings_are_refused_clearly(
     remote, gpu, timeout, retries, message
 ) -> None:
     with pytest.raises(remote.LaunchError, match=re.escape(message)):
-        remote.validate_launch_settings(gpu, timeout, retries)
+        remote.launch.validate_launch_settings(gpu, timeout, retries)
 
 
-def test_valid_launch_settings_pass(remote) -> None:
-    for gpu in ("T4", "l40s", "A100-80GB", "H100:8", "B200:1"):
-        remote.validate_launch_settings(gpu, 1, 0)
-    remote.validate_launch_settings("L4", 24 * 3600, 10)
+def test_every_gpu_string_modal_documents_passes(remote) -> None:
+    documented = ["T4", "L4", "A10", "L40S", "A100", "A100-40GB", "A100-80GB", "RTX-PRO-6000",
+                  "H100", "H100!", "H200", "B200", "B200+"]  # fmt: skip
+    for gpu in documented:
+        for spelled in (gpu, gpu.lower(), f"{gpu}:1", f"{gpu}:4"):
+            remote.launch.validate_launch_settings(spelled, 1, 0)
+    for gpu in ("h100!:8", "B200+:8", "rtx-pro-6000:8"):
+        remote.launch.validate_launch_settings(gpu, 1, 0)
+    remote.launch.validate_launch_settings("L4", 24 * 3600, 10)
 
 
 @pytest.mark.parametrize(
@@ -168,6 +175,33 @@ def test_a_bad_setting_in_the_environment_stops_the_import(env, message) -> None
     assert "LaunchError" in done.stderr and message in done.stderr
 
 
+BLOCK = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {blocked!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}")
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_without_the_project_installed_the_launch_says_how_to_install_it() -> None:
+    done = python(BLOCK.format(blocked=("tinycats",)) + IMPORT_REMOTE)
+    assert done.returncode != 0
+    assert "cannot import the tinycats package" in done.stderr and "pip install -e ." in done.stderr
+
+
+def test_without_pyyaml_the_config_check_says_how_to_install_it() -> None:
+    done = python(BLOCK.format(blocked=("yaml",)) + IMPORT_REMOTE + """
+try:
+    remote.launch.check_config("model: {}", "c.yaml", [], "/data", "tinycats-data")
+except remote.LaunchError as err:
+    print(err)
+""")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "PyYAML is missing" in done.stdout and "pip install -e ." in done.stdout
+
+
 def test_modal_run_resolves_the_entrypoint_and_stops_only_at_the_missing_token(tmp_path) -> None:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MODAL_", "TINYCATS_"))} | {"HOME": str(tmp_path)}  # fmt: skip
@@ -181,11 +215,17 @@ def test_modal_run_resolves_the_entrypoint_and_stops_only_at_the_missing_token(t
 
 # --- The local entrypoints: checks before launch, and what they print ------------------------
 
+MINIMAL = "model: {class_path: tinycats.models.CatClassifier}\ndata: {}\ntrainer: {}\n"
+
+
+def check_config(launch: ModuleType, text: str, overrides: list[str]) -> dict:
+    return launch.check_config(text, "my.yaml", overrides, "/data", "tinycats-data")
+
 
 def test_check_config_accepts_the_shipped_configs(remote) -> None:
-    for name in ("classifier.yaml", "classifier_breeds.yaml"):
+    for name in ("classifier.yaml", "classifier_breeds.yaml", "dit.yaml"):
         path = REPO / "configs" / name
-        remote.check_config(path.read_text(), str(path), [])
+        remote.launch.check_config(path.read_text(), str(path), [], "/data", "tinycats-data")
 
 
 @pytest.mark.parametrize(
@@ -198,31 +238,64 @@ def test_check_config_accepts_the_shipped_configs(remote) -> None:
          "not a tinycats model; use one of tinycats.models.CatClassifier"),
         ("model: {class_path: tinycats.models.CatClassifier}\ndata: {source: ../photos}\n"
          "trainer: {}\n", [], "modal volume put tinycats-data ../photos photos"),
-        ("model: {class_path: tinycats.models.CatClassifier}\ndata: {}\ntrainer: {}\n",
-         ["--data.source", "./mine"], "'./mine' is a folder on this computer"),
-        ("model: {class_path: tinycats.models.CatClassifier}\ndata: {}\ntrainer: {}\n",
-         ["--run.name=x"], "--overrides may not set --run.name=x"),
+        (MINIMAL, ["--data.source", "./mine"], "'./mine' is a folder on this computer"),
+        (MINIMAL, ["--run.name=x"], "--overrides may not set --run.name=x"),
+        (MINIMAL, ["--stop_at=1"], "--overrides may not set --stop_at=1"),
+        (MINIMAL, ["--print_config"], "prints and exits without training"),
+        (MINIMAL, ["--help"], "tinycats fit -c my.yaml --help"),
     ],
 )  # fmt: skip
 def test_check_config_refuses_what_cannot_run_on_modal(remote, text, overrides, message) -> None:
     with pytest.raises(remote.LaunchError, match=re.escape(message)):
-        remote.check_config(text, "my.yaml", overrides)
+        check_config(remote.launch, text, overrides)
 
 
-def test_run_identity_is_fixed_at_launch(remote) -> None:
+@pytest.mark.parametrize(
+    ("config", "overrides", "expected"),
+    [
+        ({}, ["--trainer.max_steps=9"], (["--trainer.max_steps=9"], "")),
+        ({}, ["--resume=auto"], ([], "")),
+        ({}, ["--resume", "checkpoints/dit/x/a/last.ckpt", "--x=1"],
+         (["--x=1"], "checkpoints/dit/x/a/last.ckpt")),
+        ({}, ["--ckpt_path=/outputs/a.ckpt"], ([], "/outputs/a.ckpt")),
+        ({"ckpt_path": "a.ckpt"}, [], ([], "a.ckpt")),
+        ({"resume": "b.ckpt"}, [], ([], "b.ckpt")),
+    ],
+)  # fmt: skip
+def test_a_start_checkpoint_is_taken_out_of_the_overrides(remote, config, overrides, expected):
+    assert remote.launch.start_checkpoint(config, overrides) == expected
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides", "message"),
+    [
+        ({}, ["--resume=never"], "--resume never cannot survive a retry"),
+        ({"resume": "never"}, [], "A new --name starts a fresh run"),
+        ({}, ["--resume", "latest"], "a run is found by its name"),
+        ({}, ["--resume=a.ckpt", "--ckpt_path=b.ckpt"], "not both"),
+    ],
+)
+def test_resume_policies_that_cannot_survive_a_retry_are_refused(
+    remote, config, overrides, message
+):
+    with pytest.raises(remote.LaunchError, match=re.escape(message)):
+        remote.launch.start_checkpoint(config, overrides)
+
+
+def test_run_identity_is_the_name_and_an_optional_date(remote) -> None:
+    identity = remote.launch.run_identity
     named = {"run": {"name": "cat-vs-dog"}}
-    today = time.strftime("%Y-%m-%d")
-    assert remote.run_identity(named, "configs/classifier.yaml", "", "") == ("cat-vs-dog", today)
-    assert remote.run_identity(named, "c.yaml", "mine", RUN_DATE) == ("mine", RUN_DATE)
-    assert remote.run_identity({}, "configs/dit.yaml", "", "") == ("dit", today)
+    assert identity(named, "configs/classifier.yaml", "", "") == ("cat-vs-dog", "")
+    assert identity(named, "c.yaml", "mine", RUN_DATE) == ("mine", RUN_DATE)
+    assert identity({}, "configs/dit.yaml", "", "") == ("dit", "")
     with pytest.raises(remote.LaunchError, match="must be letters"):
-        remote.run_identity({}, "c.yaml", "../up", "")
+        identity({}, "c.yaml", "../up", "")
     with pytest.raises(remote.LaunchError, match="must be YYYY-MM-DD"):
-        remote.run_identity({}, "c.yaml", "ok", "02/01/2026")
+        identity({}, "c.yaml", "ok", "02/01/2026")
 
 
 def fake_runner(result: dict, calls: list) -> SimpleNamespace:
-    """Stands in for remote.Runner: records the remote call's arguments and returns ``result``."""
+    """Stands in for remote.Runner (or remote.drive): records the arguments, returns ``result``."""
 
     def call(*args):
         calls.append(args)
@@ -232,42 +305,97 @@ def fake_runner(result: dict, calls: list) -> SimpleNamespace:
     return lambda: SimpleNamespace(fit=method, sample=method)
 
 
+def fake_drive(result: dict, calls: list) -> SimpleNamespace:
+    return fake_runner(result, calls)().fit
+
+
+FINISHED = {"status": "finished", "run_dir": "/outputs/checkpoints/classifier/2026-01-02/cats",
+            "global_step": 800, "metrics": {"val/acc": 0.99}, "attempts": 3,
+            "run_bytes": 80_000_000, "run_files": ["last.ckpt", "metrics.csv", "summary.json"]}  # fmt: skip
+
+
 def test_fit_entrypoint_sends_the_config_and_prints_how_to_continue(remote, monkeypatch, capsys):
-    summary = {"status": "finished", "run_dir": "/outputs/checkpoints/classifier/2026-01-02/cats",
-               "global_step": 800, "metrics": {"val/acc": 0.99}}  # fmt: skip
     calls = []
     monkeypatch.chdir(REPO)
-    monkeypatch.setattr(remote, "Runner", fake_runner(summary, calls))
+    monkeypatch.setattr(remote, "drive", fake_drive(FINISHED, calls))
     remote.fit(config="configs/classifier.yaml", name="cats", date=RUN_DATE,
-               overrides="--trainer.max_epochs=1")  # fmt: skip
+               overrides="--trainer.max_epochs=1 --resume=checkpoints/a/last.ckpt")  # fmt: skip
     config_text = (REPO / "configs/classifier.yaml").read_text()
-    assert calls == [(config_text, ["--trainer.max_epochs=1"], "cats", RUN_DATE)]
+    today = time.strftime("%Y-%m-%d")
+    assert calls == [(config_text, ["--trainer.max_epochs=1"], "cats", RUN_DATE,
+                      "checkpoints/a/last.ckpt", today)]  # fmt: skip
     printed = capsys.readouterr().out
     assert (
         "modal run --detach src/tinycats/remote.py::fit --config configs/classifier.yaml "
-        "--name cats --date 2026-01-02 --overrides=--trainer.max_epochs=1"
+        "--name cats --date 2026-01-02 --overrides='--trainer.max_epochs=1 "
+        "--resume=checkpoints/a/last.ckpt'"
     ) in printed
-    assert "modal volume get tinycats-outputs checkpoints/classifier/2026-01-02/cats" in printed
-    assert "val/acc=0.9900" in printed  # fmt: skip
+    assert "modal app logs -f " in printed and "modal app stop " in printed
+    assert (
+        "mkdir -p outputs/checkpoints/classifier/2026-01-02 && modal volume get tinycats-outputs "
+        "checkpoints/classifier/2026-01-02/cats outputs/checkpoints/classifier/2026-01-02"
+    ) in printed
+    assert "in 3 attempt(s): val/acc=0.9900" in printed
+    assert "only last.ckpt" not in printed  # 80 MB: the whole run is fetched
+
+
+def test_fit_entrypoint_continues_a_run_by_its_name_alone(remote, monkeypatch, capsys):
+    calls = []
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(remote, "drive", fake_drive(FINISHED, calls))
+    remote.fit(config="configs/classifier.yaml")
+    assert calls[0][2:4] == ("cat-vs-dog", "")  # the container finds the newest run of the name
+    assert "--config configs/classifier.yaml --name cat-vs-dog\n" in capsys.readouterr().out
 
 
 def test_fit_entrypoint_stops_before_launching_when_the_config_is_wrong(remote, monkeypatch):
     calls = []
     monkeypatch.chdir(REPO)
-    monkeypatch.setattr(remote, "Runner", fake_runner({}, calls))
+    monkeypatch.setattr(remote, "drive", fake_drive({}, calls))
     with pytest.raises(SystemExit, match=r"tinycats: Config file nope\.yaml does not exist"):
         remote.fit(config="nope.yaml")
     with pytest.raises(SystemExit, match="is a folder on this computer"):
         remote.fit(config="configs/classifier_sample.yaml")
+    with pytest.raises(SystemExit, match="--resume never cannot survive a retry"):
+        remote.fit(config="configs/classifier.yaml", overrides="--resume never")
     assert calls == []
 
 
-def test_fit_entrypoint_reports_a_refused_run(remote, monkeypatch):
-    refused = {"status": "refused", "error": "--resume 'x' is neither auto, latest, never"}
+@pytest.mark.parametrize(
+    ("result", "message"),
+    [
+        ({"status": "refused", "error": "Cannot resume from x"},
+         "the run was refused, and not retried: Cannot resume from x"),
+        ({"status": "failed", "error": "RuntimeError: CUDA error", "calls": 1},
+         "stopped after Modal's retries: RuntimeError: CUDA error\n  continue it from its last "
+         "checkpoint: modal run --detach src/tinycats/remote.py::fit"),
+    ],
+)  # fmt: skip
+def test_fit_entrypoint_exits_non_zero_unless_the_run_finished(
+    remote, monkeypatch, result, message
+):
     monkeypatch.chdir(REPO)
-    monkeypatch.setattr(remote, "Runner", fake_runner(refused, []))
-    with pytest.raises(SystemExit, match="the run was refused: --resume 'x'"):
+    monkeypatch.setattr(remote, "drive", fake_drive(result, []))
+    with pytest.raises(SystemExit, match=re.escape(message)):
         remote.fit(config="configs/classifier.yaml")
+
+
+def test_a_large_run_also_gets_a_command_for_its_essential_files(remote, monkeypatch, capsys):
+    big = {**FINISHED, "run_dir": "/outputs/checkpoints/dit/2026-01-02/cats",
+           "run_bytes": 3_300_000_000,
+           "run_files": ["config.yaml", "last.ckpt", "metrics.csv", "samples", "step=00001000.ckpt",
+                         "summary.json"]}  # fmt: skip
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(remote, "drive", fake_drive(big, []))
+    remote.fit(config="configs/dit.yaml")
+    printed = capsys.readouterr().out
+    assert "fetch it (3.30 GB)" in printed
+    run, local = "checkpoints/dit/2026-01-02/cats", "outputs/checkpoints/dit/2026-01-02/cats"
+    essentials = " && ".join(
+        f"modal volume get tinycats-outputs {run}/{name} {local}"
+        for name in ("last.ckpt", "summary.json", "metrics.csv", "samples")
+    )
+    assert f"mkdir -p {local} && {essentials}\n" in printed
 
 
 def test_sample_entrypoint_writes_the_png(remote, monkeypatch, tmp_path):
@@ -279,6 +407,98 @@ def test_sample_entrypoint_writes_the_png(remote, monkeypatch, tmp_path):
     assert calls == [("checkpoints/dit/2026-01-02/cats", "Bengal", 8, 50, 3.0, 0)]
     with pytest.raises(SystemExit, match="must be a path inside the tinycats-outputs volume"):
         remote.sample(run="/etc")
+
+
+# --- The fetch commands, run through Modal's own download code -------------------------------
+
+
+class StandInVolume:
+    """A volume holding ``files`` (path -> bytes), read the way `modal volume get` reads one."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = files
+
+    async def iterdir(self, path: str, recursive: bool = True):
+        from modal.types import FileEntry, FileEntryType
+
+        prefix = path.rstrip("/") + "/"
+        if path in self.files:  # a file named directly
+            yield FileEntry(path=path, type=FileEntryType.FILE, mtime=0, size=len(self.files[path]))
+            return
+        folders = sorted({str(Path(name).parent) for name in self.files if name.startswith(prefix)})
+        for folder in folders:
+            if folder.startswith(prefix):
+                yield FileEntry(path=folder, type=FileEntryType.DIRECTORY, mtime=0, size=0)
+        for name, data in sorted(self.files.items()):
+            if name.startswith(prefix):
+                yield FileEntry(path=name, type=FileEntryType.FILE, mtime=0, size=len(data))
+
+    async def read_file(self, path: str):
+        yield self.files[path]
+
+
+def run_fetch_command(command: str, volume: StandInVolume, cwd: Path) -> None:
+    """Run a printed `mkdir -p ... && modal volume get ...` chain, the `get` through Modal's code."""
+    import asyncio
+    import shlex
+
+    from modal.cli._download import _volume_download
+
+    for step in command.split(" && "):
+        words = shlex.split(step)
+        if words[:2] == ["mkdir", "-p"]:
+            (cwd / words[2]).mkdir(parents=True, exist_ok=True)
+            continue
+        assert words[:3] == ["modal", "volume", "get"] and len(words) == 6, step
+        asyncio.run(_volume_download(volume, words[4], cwd / words[5], overwrite=False,
+                                     progress_cb=lambda *args, **kwargs: None))  # fmt: skip
+
+
+RUN_FILES = {
+    "checkpoints/dit/2026-01-02/cats/" + name: name.encode()
+    for name in ("last.ckpt", "step=00001000.ckpt", "summary.json", "metrics.csv", "config.yaml",
+                 "samples/step=00001000.png")
+}  # fmt: skip
+
+
+def test_the_printed_fetch_commands_download_the_run_into_its_folder(remote, tmp_path) -> None:
+    volume = StandInVolume({**RUN_FILES, "checkpoints/dit/2026-01-02/other/last.ckpt": b"no"})
+    names = ["config.yaml", "last.ckpt", "metrics.csv", "samples", "step=00001000.ckpt",
+             "summary.json"]  # fmt: skip
+    whole, essentials = remote.launch.fetch_commands(
+        "tinycats-outputs", "checkpoints/dit/2026-01-02/cats", 3 << 30, names
+    )
+    run_fetch_command(whole, volume, tmp_path / "a")
+    fetched = {str(p.relative_to(tmp_path / "a")): p.read_bytes()
+               for p in (tmp_path / "a").rglob("*") if p.is_file()}  # fmt: skip
+    assert fetched == {"outputs/" + name: data for name, data in RUN_FILES.items()}
+
+    run_fetch_command(essentials, volume, tmp_path / "b")
+    fetched = {
+        str(p.relative_to(tmp_path / "b")) for p in (tmp_path / "b").rglob("*") if p.is_file()
+    }
+    run = "outputs/checkpoints/dit/2026-01-02/cats/"
+    assert fetched == {run + name for name in ("last.ckpt", "summary.json", "metrics.csv",
+                                                "samples/step=00001000.png")}  # fmt: skip
+
+
+def test_the_readme_fetch_commands_work_on_a_fresh_machine(tmp_path) -> None:
+    import shlex
+
+    readme = (REPO / "README.md").read_text()
+    commands = [line.strip() for line in readme.splitlines()
+                if line.strip().startswith("mkdir -p") and "modal volume get" in line]  # fmt: skip
+    assert commands, "the README shows no fetch command"
+    for i, command in enumerate(commands):
+        first_get = next(shlex.split(step) for step in command.split(" && ") if "get" in step)
+        run = Path(first_get[4])
+        run = run.parent if run.name == "last.ckpt" else run
+        files = {f"{run}/{name}": name.encode() for name in ("last.ckpt", "summary.json",
+                                                           "metrics.csv", "samples/s.png")}  # fmt: skip
+        run_fetch_command(command, StandInVolume(files), tmp_path / str(i))
+        fetched = {p.relative_to(tmp_path / str(i)) for p in (tmp_path / str(i)).rglob("*")
+                   if p.is_file()}  # fmt: skip
+        assert fetched >= {Path("outputs", run, "last.ckpt"), Path("outputs", run, "summary.json")}
 
 
 # --- The container side, through .local() -----------------------------------------------------
@@ -339,27 +559,188 @@ def assert_same_weights(expected: bytes, actual: bytes) -> None:
         torch.testing.assert_close(actual_state[key], value, rtol=0, atol=0, msg=key)
 
 
-def test_a_config_that_cannot_run_is_refused_not_retried(remote, storage, pets_sample) -> None:
+# One test per row of the outcome table (plans/0013-modal-outcomes.md). Each calls the method
+# as Modal would and checks the outcome: refused (returned, logged loudly, never retried),
+# raised (Modal retries it), or continue; and where an attempt follows, that it continues.
+
+
+def refused(result: dict, stderr: str, *needles: str) -> None:
+    assert result["status"] == "refused", result
+    for needle in needles:
+        assert needle in result["error"], result["error"]
+    assert f"tinycats: REFUSED, not retried: {result['error']}" in stderr
+
+
+def test_an_unknown_key_is_refused_with_the_parser_message(remote, storage, pets_sample, capsys):
     config = CLASSIFIER_TINY.read_text()
-    source = f"--data.source={pets_sample}"
-    typo = remote.Runner().fit.local(config, [source, "--trainer.max_stepz=3"], "tiny", RUN_DATE)
-    assert typo == {"status": "refused", "error": remote._REJECTED}
-    missing = remote.Runner().fit.local(
-        config, [source, "--resume=/no/such.ckpt"], "tiny", RUN_DATE
+    typo = remote.Runner().fit.local(
+        config, [f"--data.source={pets_sample}", "--trainer.max_stepz=3"], "tiny", RUN_DATE
     )
-    assert missing["status"] == "refused" and "/no/such.ckpt" in missing["error"]
+    refused(typo, capsys.readouterr().err, "rejected the config", "max_stepz")
 
 
-def test_a_stop_by_signal_fails_the_attempt_so_modal_retries(remote, storage, monkeypatch) -> None:
-    import tinycats.cli
+def test_print_config_is_refused_not_retried(remote, storage, pets_sample, capsys) -> None:
+    config = CLASSIFIER_TINY.read_text()
+    printed = remote.Runner().fit.local(
+        config, [f"--data.source={pets_sample}", "--print_config"], "tiny", RUN_DATE
+    )
+    refused(printed, capsys.readouterr().err, "without training", "--print_config")
 
-    def stopped(*args, **kwargs):
-        raise SystemExit(tinycats.cli.EXIT_INTERRUPTED)
 
-    monkeypatch.setattr(tinycats.cli, "run_cli", stopped)
+def test_a_missing_start_checkpoint_is_refused(remote, storage, pets_sample, capsys) -> None:
+    missing = remote.Runner().fit.local(
+        CLASSIFIER_TINY.read_text(), [f"--data.source={pets_sample}"], "tiny", RUN_DATE,
+        "checkpoints/classifier/2026-01-01/gone/last.ckpt",
+    )  # fmt: skip
+    refused(missing, capsys.readouterr().err, str(storage.outputs / "checkpoints/classifier"))
+
+
+def test_out_of_memory_is_refused_with_a_smaller_batch_to_try(
+    remote, storage, pets_sample, monkeypatch, capsys
+) -> None:
+    import torch
+
+    from tinycats.models import CatClassifier
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
+
+    monkeypatch.setattr(CatClassifier, "training_step", out_of_memory)
+    oom = remote.Runner().fit.local(
+        CLASSIFIER_TINY.read_text(), [f"--data.source={pets_sample}"], "tiny", RUN_DATE
+    )
+    refused(oom, capsys.readouterr().err, "ran out of memory at data.batch_size=32",
+            "--data.batch_size=16")  # fmt: skip
+
+
+def test_a_download_that_fails_is_raised_so_modal_retries(remote, storage, capsys) -> None:
+    from tinycats.data.download import DatasetDownloadError
+
+    dead = ["--data.source=oxford-pets", "--data.base_url=http://127.0.0.1:9/"]
+    with pytest.raises(DatasetDownloadError, match="Could not download"):
+        remote.Runner().fit.local(CLASSIFIER_TINY.read_text(), dead, "tiny", RUN_DATE)
+    assert "Modal retries it" in capsys.readouterr().err
+    assert storage.commits.data.snapshots == []
+
+
+def test_a_half_installed_dataset_is_installed_again_and_trained_on(
+    remote, storage, oxford_archives, loopback_server
+) -> None:
+    server = loopback_server(oxford_archives.folder)
+    (storage.data / "oxford-iiit-pet" / "images").mkdir(parents=True)  # an install killed midway
+    overrides = ["--data.source=oxford-pets", f"--data.base_url={server.url}",
+                 f"--data.checksums={json.dumps(oxford_archives.checksums)}",
+                 "--trainer.max_steps=2"]  # fmt: skip
+    trained = remote.Runner().fit.local(CLASSIFIER_TINY.read_text(), overrides, "tiny", RUN_DATE)
+    assert trained["status"] == "finished" and trained["global_step"] == 2
+    assert (storage.data / "oxford-iiit-pet" / ".complete").is_file()
+
+
+@pytest.mark.slow
+def test_a_signal_fails_the_attempt_and_the_retry_continues(
+    remote, storage, pets_sample, monkeypatch, caplog, capsys
+) -> None:
+    import signal
+
+    from tinycats.models import CatClassifier
+
+    train_step = CatClassifier.training_step
+
+    def signalled_at_step_3(self, batch, batch_idx):
+        if self.global_step == 2:  # a SIGTERM arrives while the third step trains
+            os.kill(os.getpid(), signal.SIGTERM)
+        return train_step(self, batch, batch_idx)
+
+    config = CLASSIFIER_TINY.read_text()
+    overrides = [f"--data.source={pets_sample}", "--trainer.max_steps=4"]
+    monkeypatch.setattr(CatClassifier, "training_step", signalled_at_step_3)
     with pytest.raises(SystemExit) as stop:
-        remote.Runner().fit.local(CLASSIFIER_TINY.read_text(), [], "tiny", RUN_DATE)
+        remote.Runner().fit.local(config, overrides, "tiny", RUN_DATE)
     assert stop.value.code == 143
+    assert "Modal retries it" in capsys.readouterr().err
+
+    monkeypatch.setattr(CatClassifier, "training_step", train_step)
+    caplog.set_level("INFO", logger="tinycats")
+    retried = remote.Runner().fit.local(config, overrides, "tiny", RUN_DATE)
+    run = storage.outputs / "checkpoints/classifier" / RUN_DATE / "tiny"
+    assert f"Resuming from {run / 'last.ckpt'}" in caplog.text
+    assert retried["status"] == "finished" and retried["global_step"] == 4
+    assert retried["attempts"] == 2
+
+
+@pytest.mark.slow
+def test_attempts_that_use_their_time_continue_until_the_run_is_done(
+    remote, storage, pets_sample, monkeypatch, caplog
+) -> None:
+    # Attempts of 1 s: each one stops after its first step, with last.ckpt written and committed,
+    # and returns "continue"; the driver calls again until the run is finished.
+    real_runner = remote.Runner
+    calls = []
+
+    def local_call(*args):
+        calls.append(args)
+        return real_runner().fit.local(*args)
+
+    monkeypatch.setattr(remote, "TIMEOUT_S", 1)
+    monkeypatch.setattr(remote, "Runner", lambda: SimpleNamespace(
+        fit=SimpleNamespace(remote=local_call)))  # fmt: skip
+    caplog.set_level("INFO", logger="tinycats")
+    overrides = [f"--data.source={pets_sample}", "--trainer.max_steps=3"]
+    done = remote.drive.local(CLASSIFIER_TINY.read_text(), overrides, "tiny", "", "", RUN_DATE)
+
+    run = storage.outputs / "checkpoints/classifier" / RUN_DATE / "tiny"
+    assert done["status"] == "finished" and done["global_step"] == 3
+    assert done["calls"] == done["attempts"] == 3
+    assert [call[3] for call in calls] == ["", RUN_DATE, RUN_DATE]
+    assert caplog.text.count("This attempt's time is up") == 2
+    assert caplog.text.count(f"Resuming from {run / 'last.ckpt'}") == 2
+    assert (
+        f"checkpoints/classifier/{RUN_DATE}/tiny/last.ckpt" in storage.commits.outputs.snapshots[1]
+    )
+
+
+@pytest.mark.slow
+def test_a_launch_without_a_date_continues_the_newest_run_of_its_name(
+    remote, storage, pets_sample, monkeypatch
+) -> None:
+    config = CLASSIFIER_TINY.read_text()
+    overrides = [f"--data.source={pets_sample}", "--trainer.max_steps=2"]
+    monkeypatch.setattr(remote, "TIMEOUT_S", 1)
+    started = remote.Runner().fit.local(config, overrides, "tiny", "", "", "2026-01-02")
+    assert started["status"] == "continue"
+    monkeypatch.setattr(remote, "TIMEOUT_S", 3600)
+    # A day later, without --date: the same run continues, in its own folder.
+    later = remote.Runner().fit.local(config, overrides, "tiny", "", "", "2026-01-03")
+    assert later["status"] == "finished" and later["global_step"] == 2
+    assert Path(later["run_dir"]) == storage.outputs / "checkpoints/classifier/2026-01-02/tiny"
+    # Once finished, a launch by name returns its result at once; a new name starts a new run.
+    again = remote.Runner().fit.local(config, overrides, "tiny", "", "", "2026-01-04")
+    assert again == later
+    assert not (storage.outputs / "checkpoints/classifier/2026-01-04").exists()
+
+
+@pytest.mark.slow
+def test_a_start_checkpoint_is_used_only_while_the_run_has_none(
+    remote, storage, pets_sample, monkeypatch, caplog
+) -> None:
+    config, source = CLASSIFIER_TINY.read_text(), f"--data.source={pets_sample}"
+    base = remote.Runner().fit.local(config, [source, "--trainer.max_steps=2"], "base", RUN_DATE)
+    start = str(Path(base["run_dir"]).relative_to(storage.outputs) / "last.ckpt")
+    caplog.set_level("INFO", logger="tinycats")
+    longer = [source, "--trainer.max_steps=4"]
+    # The first attempt starts from the base run and is cut short after one step...
+    monkeypatch.setattr(remote, "TIMEOUT_S", 1)
+    first = remote.Runner().fit.local(config, longer, "tuned", RUN_DATE, start)
+    assert first["status"] == "continue" and first["global_step"] == 3
+    assert f"Resuming from {storage.outputs / start}" in caplog.text
+    # ...and the next one continues the tuned run, not the base run again.
+    caplog.clear()
+    monkeypatch.setattr(remote, "TIMEOUT_S", 3600)
+    tuned = remote.Runner().fit.local(config, longer, "tuned", RUN_DATE, start)
+    assert f"Resuming from {Path(first['run_dir']) / 'last.ckpt'}" in caplog.text
+    assert tuned["status"] == "finished" and tuned["global_step"] == 4
+    # A relaunch of the finished run returns it; it does not start over from the base.
+    assert remote.Runner().fit.local(config, longer, "tuned", RUN_DATE, start) == tuned
 
 
 @pytest.mark.slow
@@ -389,9 +770,10 @@ def test_several_gpus_train_in_a_subprocess_and_commit_when_it_ends(
         CLASSIFIER_TINY.read_text(), [f"--data.source={pets_sample}", *ddp], "tiny", RUN_DATE
     )
     assert summary["status"] == "finished" and summary["global_step"] == 8
-    assert len(storage.commits.outputs.snapshots) == len(storage.commits.data.snapshots) == 1
+    # One commit when the attempt is recorded, one when the subprocess ends.
+    assert len(storage.commits.outputs.snapshots) == 2 and len(storage.commits.data.snapshots) == 1
     prefix = f"checkpoints/classifier/{RUN_DATE}/tiny/"
-    assert {prefix + "last.ckpt", prefix + "summary.json"} <= storage.commits.outputs.snapshots[0]
+    assert {prefix + "last.ckpt", prefix + "summary.json"} <= storage.commits.outputs.snapshots[1]
 
 
 class BoundedPopen(subprocess.Popen):

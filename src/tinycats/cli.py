@@ -10,17 +10,25 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from tinycats.commands.predict import PrintPredictions
 from tinycats.data import PetsDataModule
-from tinycats.errors import TinyCatsError
+from tinycats.errors import (
+    EXIT_CONTINUE,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    TinyCatsError,
+    TransientError,
+)
 from tinycats.models.performance import allow_tf32, auto_precision
 from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints, no_commit
+from tinycats.runs.deadline import AttemptDeadline
 from tinycats.runs.resume import newest_run, resolve_resume
-from tinycats.runs.run_dir import RunSpec, model_class, model_dir, resolve_run_dir
+from tinycats.runs.run_dir import RunSpec, model_dir, model_group, resolve_run_dir
 
 log = logging.getLogger("tinycats")
 
@@ -43,8 +51,7 @@ TOOLS = {
     "export": "tinycats.commands.export",
 }
 
-EXIT_USAGE = 2  # like a config error: it fails the same way every time, so don't retry it
-EXIT_INTERRUPTED = 143  # like a process stopped by SIGTERM: a retry should continue the run
+EXIT_FAILED = 1  # a failure that may not happen again (the network): run the command again
 
 
 class TinyCatsCLI(LightningCLI):
@@ -81,6 +88,12 @@ class TinyCatsCLI(LightningCLI):
             help="fit only: auto (continue this run if it has a checkpoint), latest (the newest "
             "run of this model), never (start fresh), or a checkpoint path.",
         )  # fmt: skip
+        parser.add_argument(
+            "--stop_at", type=float, default=0.0,
+            help="fit only: stop at a step boundary, with last.ckpt written, once this Unix time "
+            "has passed (0: never); the next launch continues the run. The Modal layer sets it "
+            "a few minutes before an attempt's timeout.",
+        )  # fmt: skip
         parser.link_arguments(
             "data.num_classes", "model.init_args.num_classes", apply_on="instantiate"
         )
@@ -94,18 +107,33 @@ class TinyCatsCLI(LightningCLI):
         if "image_size" in model_args and model_args.image_size is None:
             model_args.image_size = config.data.image_size  # a DiT is built for the data's size
         spec = RunSpec(**vars(config.run))
-        self.model_group = _model_group(config.model.class_path)
+        self.model_group = model_group(config.model.class_path)
         if self.subcommand == "fit" and config.resume == "latest":
             newest = newest_run(model_dir(spec, self.model_group))
             if newest is not None:
                 spec.date, spec.name = newest.parent.name, newest.name
         self.run = resolve_run_dir(spec, self.model_group)  # an empty date is today: fixed now
 
+    def instantiate_classes(self) -> None:
+        """Build data, model and trainer; an error doing so is the config's, unless it is I/O."""
+        try:
+            super().instantiate_classes()
+        except (TinyCatsError, OSError):
+            raise
+        except Exception as err:
+            raise TinyCatsError(
+                f"The config could not be built into data, a model and a trainer: "
+                f"{type(err).__name__}: {err}. Fix the value it names in the config or overrides."
+            ) from err
+
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         self.datamodule.commit = self.commit_data
         config = self.config_init[self.subcommand]
         self.checkpoints = build_checkpoints(config.checkpoint, self.run.path, self.commit_outputs)
         extra = [PrintPredictions()] if self.subcommand == "predict" else []
+        self.deadline = AttemptDeadline(config.get("stop_at") or float("inf"))
+        if self.subcommand == "fit":
+            extra.append(self.deadline)
         allow_tf32(config.tf32)
         return super().instantiate_trainer(
             precision=auto_precision(config.trainer.precision),
@@ -141,6 +169,20 @@ class TinyCatsCLI(LightningCLI):
             log.warning("Stopped by a signal; the run continues from %s on the next launch.",
                         self.run.path / "last.ckpt")  # fmt: skip
             raise SystemExit(EXIT_INTERRUPTED) from stop
+        except torch.cuda.OutOfMemoryError as err:  # the same batch runs out again on a retry
+            batch = datamodule.hparams.batch_size
+            raise TinyCatsError(
+                f"The GPU ran out of memory at data.batch_size={batch} (per GPU): "
+                f"{str(err).splitlines()[0]} Lower it, e.g. --data.batch_size={max(1, batch // 2)} "
+                "(on Modal: --overrides='--data.batch_size=...'), or use a GPU with more memory."
+            ) from err
+        if self.deadline.reached:
+            log.warning("This attempt's time is up: stopped at step %d with %s written; the run "
+                        "continues from there on the next launch.", self.trainer.global_step,
+                        self.run.path / "last.ckpt")  # fmt: skip
+            self.summary = {"status": "continue", "run_dir": str(self.run.path),
+                            "global_step": self.trainer.global_step}  # fmt: skip
+            return
         self.summary = self._finish()
 
     def _finish(self) -> dict[str, Any]:
@@ -188,17 +230,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if argv[:1] and argv[0] in TOOLS:
             importlib.import_module(TOOLS[argv[0]]).main(argv[1:])
-        else:
-            run_cli(argv)
+            return
+        summary = run_cli(argv)
     except TinyCatsError as err:
         print(f"tinycats: error: {err}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
-
-
-def _model_group(class_path: str) -> str:
-    """The folder name of a model's runs: its ``run_group`` (classifier, dit)."""
-    found = model_class(class_path)
-    return getattr(found, "run_group", found.__name__.lower())
+        raise SystemExit(EXIT_FAILED if isinstance(err, TransientError) else EXIT_USAGE) from None
+    if summary and summary["status"] == "continue":
+        raise SystemExit(EXIT_CONTINUE)
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:

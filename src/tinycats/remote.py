@@ -3,24 +3,26 @@
     modal run --detach src/tinycats/remote.py::fit --config configs/classifier.yaml
     modal run src/tinycats/remote.py::sample --run checkpoints/dit/2026-01-31/cats
 
-This file is the whole Modal layer, and it is meant to stay thin: the container runs the very
+This file is the Modal layer, and it is meant to stay thin: the container runs the very
 LightningCLI that `tinycats fit` runs on a laptop. Only two things differ on Modal, where files
-live and how a write becomes durable, and both are passed in.
+live and how a write becomes durable, and both are passed in. What Modal must do when an attempt
+fails, is refused or runs out of time is the table in plans/0013-modal-outcomes.md.
 
 `modal run` imports this file on your computer too, to find out what to launch. That is why it
-imports nothing but `modal` and the standard library at the top: torch and Lightning cost
-seconds to import, and only the container needs them.
+imports nothing but `modal`, the standard library and `tinycats.launch` (the checks made before a
+launch, torch-free) at the top: torch and Lightning cost seconds to import, and only the
+container needs them.
 """
 
-import ast
+import contextlib
 import datetime as dt
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,59 +35,24 @@ import modal
 # The GPU, the time limit of one attempt and the number of retries are arguments of `@app.cls`,
 # fixed when this module is imported. So they come from environment variables read right here,
 # and are checked right here too: Modal's client accepts any GPU string and only the server
-# refuses it, after the image is built. A mistake should cost a second, not a build.
+# refuses it, after the image is built. A mistake should cost a second, not a build. The checks
+# live in `tinycats.launch`, which needs no torch; `pip install -e .` makes it importable.
 
-GPU_TYPES = ("T4", "L4", "A10", "L40S", "A100", "A100-40GB", "A100-80GB", "H100", "H200", "B200")
-MAX_GPUS = 8
-MAX_TIMEOUT_S = 24 * 60 * 60  # Modal's limit for one attempt; each retry gets a fresh one
-MAX_RETRIES = 10  # Modal's documented maximum
-
-
-class LaunchError(ValueError):
-    """A problem found before launching; the message says what was wrong and how to fix it."""
-
-
-def validate_launch_settings(gpu: str, timeout: int, retries: int) -> None:
-    """Raise LaunchError unless ``gpu``, ``timeout`` (seconds) and ``retries`` are valid on Modal."""
-    kind, colon, count = gpu.partition(":")
-    count_ok = not colon or (count.isdigit() and 1 <= int(count) <= MAX_GPUS)
-    if kind.upper() not in GPU_TYPES or not count_ok:
-        raise LaunchError(
-            f"Unknown GPU {gpu!r}. Use one of {', '.join(GPU_TYPES)}, optionally followed by "
-            f":N for N GPUs in one container (N from 1 to {MAX_GPUS}), e.g. "
-            "TINYCATS_GPU=L40S or TINYCATS_GPU=H100:4."
-        )
-    if not 1 <= timeout <= MAX_TIMEOUT_S:
-        raise LaunchError(
-            f"Timeout {timeout} s is outside Modal's range for one attempt, 1 s to 24 h "
-            f"({MAX_TIMEOUT_S} s). Set TINYCATS_TIMEOUT to seconds in that range, e.g. 21600 for 6 h; "
-            "a longer run continues over retries."
-        )
-    if not 0 <= retries <= MAX_RETRIES:
-        raise LaunchError(
-            f"Retries {retries} is outside 0 to {MAX_RETRIES}, the range Modal allows. "
-            f"Set TINYCATS_RETRIES to a whole number in that range."
-        )
-
-
-def _whole_number_from_env(name: str, default: int) -> int:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        return int(value)
-    except ValueError:
-        raise LaunchError(
-            f"{name}={value!r} is not a whole number. Set it to one, or unset it for {default}."
-        ) from None
-
+try:
+    from tinycats import launch
+    from tinycats.launch import LaunchError
+except ImportError as missing:  # `modal run` from an environment without the project
+    raise SystemExit(
+        f"tinycats: cannot import the tinycats package ({missing}). Install the project, not "
+        "only modal, from the repository root: pip install -e ."
+    ) from None
 
 # An L4 is the default: cheap, 24 GB, and unlike the T4 it has bfloat16, which the DiT configs
 # train in. plans/0004-modal-layer.md and the README compare the other GPUs.
 GPU = os.environ.get("TINYCATS_GPU", "L4").strip()
-TIMEOUT_S = _whole_number_from_env("TINYCATS_TIMEOUT", 6 * 60 * 60)
-RETRIES = _whole_number_from_env("TINYCATS_RETRIES", MAX_RETRIES)
-validate_launch_settings(GPU, TIMEOUT_S, RETRIES)
+TIMEOUT_S = launch.whole_number_from_env("TINYCATS_TIMEOUT", 6 * 60 * 60)
+RETRIES = launch.whole_number_from_env("TINYCATS_RETRIES", launch.MAX_RETRIES)
+launch.validate_launch_settings(GPU, TIMEOUT_S, RETRIES)
 
 # ## Volumes: one for what runs make, one for what they read
 #
@@ -148,13 +115,19 @@ RETRY_POLICY = modal.Retries(
     max_retries=RETRIES, backoff_coefficient=2.0, initial_delay=10.0, max_delay=60.0
 )
 
-# ## The container
+# ## What an attempt can end in (plans/0013-modal-outcomes.md has the table)
 #
-# A class, so that the slow start-up work (imports, CUDA initialisation) happens once in
-# `@modal.enter`, before the method, and the method is only the run itself.
-# `single_use_containers=True` gives every attempt a fresh container: a retry never inherits a
-# wedged GPU or half-torn-down state from the attempt that failed.
-# The container imports this module again; `env` gives it the same settings as the launch.
+# Modal retries a call when it raises, and only then: a returned value is a success. So an
+# attempt ends in one of four ways.
+#
+# - finished: the run's summary, returned. Calling again returns the same summary.
+# - continue: the attempt's time is nearly up, so training stopped at a step, wrote last.ckpt
+#   and committed it; returned, so no retry is spent. The driver below calls again.
+# - refused: a failure that would happen again on every retry (a config or usage error, a file
+#   the user named that is not there, CUDA out of memory), returned with its message and
+#   printed loudly in the container's log, so a detached run shows it too.
+# - raised: everything else (the network, I/O, preemption, a signal, a crash, a CUDA error).
+#   Modal retries it in a fresh container, which continues from the last checkpoint.
 
 
 @app.cls(
@@ -194,37 +167,55 @@ class Runner:
             data_volume.reload()
 
     @modal.method()
-    def fit(self, config_text: str, overrides: list[str], run_name: str, run_date: str) -> dict:
-        """Train the run named by ``run_name`` and ``run_date``, continuing it if it was cut short.
+    def fit(self, config_text: str, overrides: list[str], run_name: str, run_date: str = "",
+            start_from: str = "", today: str = "") -> dict:  # fmt: skip
+        """Train one attempt of the run called ``run_name``, continuing it where it stopped.
 
-        Returns the run summary (``status: finished``), the same one on every call once the run
-        is done, or ``status: refused`` with the error when the config cannot run at all, which
-        no retry would fix.
+        ``run_date`` picks one run of that name; empty means the newest, or a new one dated
+        ``today``. ``start_from`` is a checkpoint to start from while the run has none of its own.
+        Returns the run's summary with ``status`` finished, continue or refused (see above), and
+        how many attempts it has taken; raises for anything a retry may fix.
         """
-        from tinycats.errors import TinyCatsError
+        stop_at = time.time() + launch.attempt_budget_s(TIMEOUT_S)
+        tail = _StderrTail(sys.stderr)
+        try:
+            with contextlib.redirect_stderr(tail):
+                run = _run_folder(config_text, overrides, run_name, run_date, today)
+                if (run / "summary.json").is_file():  # finished: nothing to train
+                    return _with_run_facts(json.loads((run / "summary.json").read_text()), run)
+                _record_attempt(run)
+                summary = self._train(config_text, overrides, run, start_from, stop_at)
+        except BaseException as failure:
+            refusal = _refusal_for(failure, tail.text)
+            if refusal is None:
+                print(f"tinycats: this attempt failed ({type(failure).__name__}: {failure}). "
+                      "Modal retries it; the run continues from its last checkpoint.",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                raise
+            return _refuse(refusal)
+        return _with_run_facts(summary, run)
 
+    def _train(self, config_text: str, overrides: list[str], run: Path, start_from: str,
+               stop_at: float) -> dict[str, Any]:  # fmt: skip
+        """Run `tinycats fit` for this attempt and return its summary."""
+        # A start checkpoint is only for a run that has none of its own: a retry continues.
+        resume = "auto"
+        if start_from and not any(run.glob("*.ckpt")):
+            resume = str(Path(STORAGE.outputs) / start_from)  # an absolute path stays as it is
         with tempfile.TemporaryDirectory() as tmp:
             config = Path(tmp) / "config.yaml"
             config.write_text(config_text)
-            args = ["fit", "-c", str(config), *overrides,
-                    "--run.outputs", STORAGE.outputs, "--run.name", run_name,
-                    "--run.date", run_date, "--data.root", STORAGE.data]  # fmt: skip
+            args = ["fit", "-c", str(config), *overrides, "--resume", resume, "--ckpt_path=null",
+                    "--run.outputs", STORAGE.outputs, "--run.name", run.name,
+                    "--run.date", run.parent.name, "--data.root", STORAGE.data,
+                    "--stop_at", str(stop_at)]  # fmt: skip
             if self.gpus > 1:
-                return _fit_in_subprocess(args, run_name, run_date)
+                return _fit_in_subprocess(args, run)
             from tinycats.cli import run_cli
 
-            try:
-                return run_cli(
-                    args, commit_outputs=STORAGE.commit_outputs, commit_data=STORAGE.commit_data
-                )
-            except TinyCatsError as err:
-                return _refusal(str(err))
-            except SystemExit as stop:
-                # 143 means a signal stopped training at a checkpoint: re-raised, it fails this
-                # attempt and Modal retries, continuing the run. 2 is a rejected argument.
-                if stop.code != _USAGE_ERROR:
-                    raise
-                return _refusal(_REJECTED)
+            return run_cli(
+                args, commit_outputs=STORAGE.commit_outputs, commit_data=STORAGE.commit_data
+            )
 
     @modal.method()
     def sample(self, run: str, breed: str = "all", n: int = 8, steps: int = 50,
@@ -243,20 +234,50 @@ class Runner:
                              "--n", str(n), "--steps", str(steps), "--cfg", str(cfg),
                              "--seed", str(seed), "--out", str(out)])  # fmt: skip
             except TinyCatsError as err:
-                return _refusal(str(err))
+                return _refuse(str(err))
             return {"status": "drawn", "png": out.read_bytes()}
 
 
-# Retries are for failures that may not happen again. A config that cannot run fails the same way
-# every time, so it is returned as a refusal instead of raised, and nothing is retried.
-_USAGE_ERROR = 2
-_REJECTED = (
-    "the tinycats command rejected the config or the overrides; its message is in the log above"
-)
-
-
-def _refusal(error: str) -> dict[str, Any]:
+def _refuse(error: str) -> dict[str, Any]:
+    """Say loudly in the container's log that a call is refused, and return the refusal."""
+    print(f"\n{'=' * 78}\ntinycats: REFUSED, not retried: {error}\n{'=' * 78}",
+          file=sys.stderr, flush=True)  # fmt: skip
     return {"status": "refused", "error": error}
+
+
+def _refusal_for(failure: BaseException, stderr: str) -> str | None:
+    """Why ``failure`` would happen again on every retry, or None when a retry may fix it."""
+    from tinycats.errors import EXIT_USAGE, TinyCatsError, TransientError
+
+    if isinstance(failure, SystemExit) and failure.code in (0, None):
+        return ("the tinycats command printed and exited without training (--help or "
+                "--print_config); run it locally: tinycats fit -c CONFIG --print_config")  # fmt: skip
+    if isinstance(failure, SystemExit) and failure.code == EXIT_USAGE:
+        lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+        first = max((i for i, line in enumerate(lines) if "error:" in line), default=len(lines))
+        said = " ".join(lines[first : first + 4]) or "its message is in the log above"
+        return (f"the tinycats command rejected the config or the overrides: {said} "
+                "(`tinycats fit --help` lists the options)")  # fmt: skip
+    if isinstance(failure, TinyCatsError) and not isinstance(failure, TransientError):
+        return str(failure)  # a config error, a missing file the user named, out of memory
+    return None
+
+
+class _StderrTail:
+    """Standard error that also keeps its last few thousand characters, to quote in a refusal."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.text = stream, ""
+
+    def write(self, text: str) -> int:
+        self.text = (self.text + text)[-4000:]
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding: the real stream's
+        return getattr(self.stream, name)
 
 
 def _warm_up_cuda(torch: Any) -> None:
@@ -268,6 +289,52 @@ def _warm_up_cuda(torch: Any) -> None:
     torch.cuda.empty_cache()
 
 
+# ## A run is found by its name
+#
+# A run lives in checkpoints/<model>/<date>/<name>/ on the outputs volume. A launch names it;
+# without --date it continues the newest run of that name (or returns its result, if finished),
+# and only when there is none does it start one, dated by the launch (not by the container's
+# clock: a retry after midnight lands in the same folder). Each attempt adds a line to the run's
+# attempts.jsonl, so the summary can say how many attempts the run took.
+
+
+def _run_folder(config_text: str, overrides: list[str], name: str, date: str,
+                today: str) -> Path:  # fmt: skip
+    """The folder of the run ``name`` (of ``date``; empty: its newest, else a new one)."""
+    import yaml
+
+    from tinycats.runs.run_dir import model_group
+
+    config = yaml.safe_load(config_text)
+    model = launch.override_value(overrides, "--run.model") or (config.get("run") or {}).get(
+        "model"
+    )
+    model = model or model_group(config["model"]["class_path"])
+    runs = Path(STORAGE.outputs) / "checkpoints" / model
+    dates = sorted(found.parent.name for found in runs.glob(f"*/{name}") if found.is_dir())
+    return runs / (date or (dates[-1] if dates else today or dt.date.today().isoformat())) / name
+
+
+def _record_attempt(run: Path) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    with (run / "attempts.jsonl").open("a") as attempts:
+        started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        attempts.write(json.dumps({"started": started, "gpu": GPU}) + "\n")
+    STORAGE.commit_outputs()
+
+
+def _with_run_facts(summary: dict[str, Any], run: Path) -> dict[str, Any]:
+    """The summary, with the attempts taken and what the run's folder holds (for fetching)."""
+    attempts = run / "attempts.jsonl"
+    files = [path for path in run.rglob("*") if path.is_file()]
+    return {
+        **summary,
+        "attempts": len(attempts.read_text().splitlines()) if attempts.is_file() else 0,
+        "run_bytes": sum(path.stat().st_size for path in files),
+        "run_files": sorted({path.relative_to(run).parts[0] for path in files}),
+    }
+
+
 # ## Several GPUs in one container
 #
 # With `gpu="H100:4"` Lightning trains with DDP, and its launcher starts the other ranks by
@@ -275,10 +342,12 @@ def _warm_up_cuda(torch: Any) -> None:
 # Modal's, not ours, so the run goes through `python -m tinycats fit ...` in a subprocess whose
 # command line Lightning can re-run. The subprocess cannot call this container's volume commit;
 # Modal commits in the background every few seconds, and this process commits once more when the
-# subprocess exits, whatever its status. Several machines (`modal.clustered`) are the next step.
+# subprocess exits, whatever its status. Its exit status says how the attempt ended.
 
 
-def _fit_in_subprocess(args: list[str], run_name: str, run_date: str) -> dict[str, Any]:
+def _fit_in_subprocess(args: list[str], run: Path) -> dict[str, Any]:
+    from tinycats.errors import EXIT_CONTINUE, EXIT_USAGE
+
     # The child must import the same tinycats as this process, wherever the image put it.
     package_root = str(Path(sys.modules["tinycats"].__file__).parent.parent)
     paths = [package_root, *filter(None, [os.environ.get("PYTHONPATH")])]
@@ -289,70 +358,109 @@ def _fit_in_subprocess(args: list[str], run_name: str, run_date: str) -> dict[st
     except KeyboardInterrupt:  # Modal's preemption signal: let rank 0 stop at a checkpoint
         child.terminate()
         returncode = child.wait(timeout=25)  # within Modal's 30 s grace period
+        raise
     finally:
         STORAGE.commit_outputs()
         STORAGE.commit_data()
-    if returncode == _USAGE_ERROR:
-        return _refusal(_REJECTED)
+    if returncode == EXIT_USAGE:
+        raise SystemExit(EXIT_USAGE)  # refused; the child printed why
+    if returncode == EXIT_CONTINUE:
+        return {"status": "continue", "run_dir": str(run)}
     if returncode != 0:
-        raise RuntimeError(
-            f"`tinycats fit` exited with status {returncode}; Modal retries the run."
-        )
-    return _finished_summary(Path(STORAGE.outputs), run_name, run_date)
+        raise RuntimeError(f"`tinycats fit` exited with status {returncode}; Modal retries it.")
+    return json.loads((run / "summary.json").read_text())
 
 
-def _finished_summary(outputs: Path, run_name: str, run_date: str) -> dict[str, Any]:
-    """The summary the run left; its model folder is not known here (the newest wins a tie)."""
-    found = sorted(outputs.glob(f"checkpoints/*/{run_date}/{run_name}/summary.json"),
-                   key=lambda path: path.stat().st_mtime_ns)  # fmt: skip
-    if not found:
-        raise RuntimeError(
-            f"`tinycats fit` succeeded but left no summary for {run_date}/{run_name}."
-        )
-    return json.loads(found[-1].read_text())
+# ## A driver that keeps a long run going
+#
+# An attempt that used its time returns `continue`, and something must call again. This small
+# CPU function does it, on Modal, so a run of any length finishes with the laptop closed
+# (`modal run --detach`). It waits on each attempt without a GPU. Its own calls are limited to
+# 24 h too, so before it could run out it hands over to a fresh driver and says which.
+
+
+@app.function(timeout=launch.MAX_TIMEOUT_S, retries=RETRY_POLICY)
+def drive(config_text: str, overrides: list[str], run_name: str, run_date: str,
+          start_from: str, today: str) -> dict:  # fmt: skip
+    """Call Runner.fit until the run is finished, refused or failed, and return that result."""
+    hand_over_at = time.time() + launch.MAX_TIMEOUT_S - TIMEOUT_S - 10 * 60
+    calls = 0
+    while True:
+        try:
+            result = Runner().fit.remote(
+                config_text, overrides, run_name, run_date, start_from, today
+            )
+        except Exception as err:  # Modal's retries are spent
+            return {"status": "failed", "error": f"{type(err).__name__}: {err}", "calls": calls}
+        calls += 1
+        if result["status"] != "continue":
+            return {**result, "calls": calls}
+        run_date = Path(result["run_dir"]).parent.name  # the run has a date now: keep it
+        if time.time() >= hand_over_at:
+            successor = drive.spawn(config_text, overrides, run_name, run_date, start_from, today)
+            return {**result, "status": "handed over", "call_id": successor.object_id}
 
 
 # ## Launching from your computer
 #
 # `modal run src/tinycats/remote.py::fit` runs this function locally. It checks everything it can
-# without torch, fixes the run's identity (its name and date: a retry, and a later rerun with the
-# same --name and --date, land in the same directory and continue it), then starts the remote call
-# and waits for it. With `modal run --detach` the run goes on if this terminal closes.
+# without torch, fixes the run's name, starts the driver and waits for the result. With
+# `modal run --detach` the run goes on if this terminal closes; the printed commands follow it.
 
-_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_FIXED_BY_LAUNCH = ("--run.outputs", "--run.name", "--run.date", "--data.root", "-c", "--config")
 _ENTRYPOINT = "src/tinycats/remote.py"
 
 
 @app.local_entrypoint()
 def fit(config: str = "configs/classifier.yaml", name: str = "", date: str = "",
         overrides: str = "") -> None:  # fmt: skip
-    """Train CONFIG on Modal; --name and --date continue an earlier run, --overrides adds CLI flags."""
+    """Train CONFIG on Modal; --name continues that run (--date picks one of several); --overrides adds CLI flags."""
     try:
-        validate_launch_settings(GPU, TIMEOUT_S, RETRIES)
+        launch.validate_launch_settings(GPU, TIMEOUT_S, RETRIES)
         if not Path(config).is_file():
             raise LaunchError(f"Config file {config} does not exist (relative to {Path.cwd()}).")
         config_text = Path(config).read_text()
         extra = shlex.split(overrides)
-        parsed = check_config(config_text, config, extra)
-        run_name, run_date = run_identity(parsed, config, name, date)
+        parsed = launch.check_config(config_text, config, extra, STORAGE.data, DATA_VOLUME)
+        extra, start_from = launch.start_checkpoint(parsed, extra)
+        run_name, run_date = launch.run_identity(parsed, config, name, date)
     except LaunchError as err:
         raise SystemExit(f"tinycats: {err}") from None
-    resume = (f"modal run --detach {_ENTRYPOINT}::fit --config {config} --name {run_name} "
-              f"--date {run_date}" + (f" --overrides={shlex.quote(overrides)}" if overrides else ""))  # fmt: skip
-    print(f"Training {config} on {GPU} as run {run_name!r} of {run_date} "
-          f"(attempts of up to {TIMEOUT_S / 3600:g} h, {RETRIES} retries).\n"
-          f"  checkpoints: volume {OUTPUTS_VOLUME}, checkpoints/<model>/{run_date}/{run_name}/\n"
-          f"  to continue it after a stop, run the same command with the same name and date:\n"
-          f"    {resume}")  # fmt: skip
-    summary = Runner().fit.spawn(config_text, extra, run_name, run_date).get()
-    if summary["status"] != "finished":
-        raise SystemExit(f"tinycats: the run was refused: {summary['error']}")
-    run_dir = Path(summary["run_dir"]).relative_to(STORAGE.outputs)
-    metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(summary["metrics"].items()))
-    print(f"Finished at step {summary['global_step']}: {metrics or 'no metrics'}\n"
-          f"  fetch it:  modal volume get {OUTPUTS_VOLUME} {run_dir} ./outputs/{run_dir.parent}\n"
-          f"  sample it: modal run {_ENTRYPOINT}::sample --run {run_dir}  (DiT runs)")  # fmt: skip
+    today = dt.date.today().isoformat()
+    again = (f"modal run --detach {_ENTRYPOINT}::fit --config {shlex.quote(config)} "
+             f"--name {run_name}" + (f" --date {run_date}" if run_date else "")
+             + (f" --overrides={shlex.quote(overrides)}" if overrides else ""))  # fmt: skip
+    app_id = app.app_id or "APP_ID (modal app list)"
+    print(f"Training {config} on {GPU} as run {run_name!r} (attempts of up to "
+          f"{TIMEOUT_S / 3600:g} h, each stopping {launch.MAX_STOP_MARGIN_S // 60} min or less "
+          f"before that; up to {RETRIES} retries after a failure).\n"
+          f"  it continues the newest run of that name on volume {OUTPUTS_VOLUME}, else starts "
+          f"checkpoints/<model>/{run_date or today}/{run_name}/\n"
+          f"  follow it:   modal app logs -f {app_id}\n"
+          f"  stop it:     modal app stop {app_id}\n"
+          f"  continue it later (same command, same name):\n    {again}")  # fmt: skip
+    call = drive.spawn(config_text, extra, run_name, run_date, start_from, today)
+    result = call.get()
+    while result["status"] == "handed over":
+        result = modal.FunctionCall.from_id(result["call_id"]).get()
+    report(result, again)
+
+
+def report(result: dict[str, Any], again: str) -> None:
+    """Print how the run ended and the commands to use it; exit non-zero unless it finished."""
+    if result["status"] == "refused":
+        raise SystemExit(f"tinycats: the run was refused, and not retried: {result['error']}")
+    if result["status"] != "finished":
+        raise SystemExit(f"tinycats: the run stopped after Modal's retries: {result['error']}\n"
+                         f"  continue it from its last checkpoint: {again}")  # fmt: skip
+    run_dir = str(Path(result["run_dir"]).relative_to(STORAGE.outputs))
+    metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result["metrics"].items()))
+    fetch = launch.fetch_commands(OUTPUTS_VOLUME, run_dir, result["run_bytes"], result["run_files"])
+    print(f"Finished {run_dir} at step {result['global_step']} in {result['attempts']} "
+          f"attempt(s): {metrics or 'no metrics'}\n"
+          f"  fetch it ({result['run_bytes'] / 1e9:.2f} GB):  {fetch[0]}")  # fmt: skip
+    if len(fetch) > 1:
+        print(f"  or only last.ckpt, the summary, metrics and sample grids:\n    {fetch[1]}")
+    print(f"  sample it: modal run {_ENTRYPOINT}::sample --run {run_dir}  (DiT runs)")
 
 
 @app.local_entrypoint()
@@ -367,78 +475,3 @@ def sample(run: str, breed: str = "all", n: int = 8, steps: int = 50, cfg: float
         raise SystemExit(f"tinycats: {drawn['error']}")
     Path(out).write_bytes(drawn["png"])
     print(f"Saved the samples of {run} to {out}")
-
-
-def check_config(config_text: str, source: str, overrides: list[str]) -> dict[str, Any]:
-    """The parsed config, if it can train on Modal as far as can be told without torch."""
-    import yaml  # jsonargparse's dependency, so present wherever tinycats is installed
-
-    try:
-        config = yaml.safe_load(config_text)
-    except yaml.YAMLError as err:
-        raise LaunchError(f"{source} is not valid YAML: {err}") from None
-    if not isinstance(config, dict):
-        raise LaunchError(f"{source} must be a YAML mapping with model, data and trainer sections.")
-    missing = [key for key in ("model", "data", "trainer") if not isinstance(config.get(key), dict)]
-    if missing:
-        raise LaunchError(f"{source} has no {', '.join(missing)} section: copy one from configs/.")
-    class_path = config["model"].get("class_path", "")
-    known = _model_classes()
-    if class_path.rpartition(".")[2] not in known or not class_path.startswith("tinycats.models."):
-        raise LaunchError(
-            f"{source}: model.class_path {class_path!r} is not a tinycats model; use one of "
-            f"{', '.join('tinycats.models.' + name for name in known)}."
-        )
-    fixed = [arg for arg in overrides if arg.split("=")[0] in _FIXED_BY_LAUNCH]
-    if fixed:
-        raise LaunchError(
-            f"--overrides may not set {', '.join(fixed)}: the launch fixes the config, the run "
-            "(use --name and --date) and the volume folders."
-        )
-    data_source = _override_value(overrides, "--data.source") or config["data"].get(
-        "source", "oxford-pets"
-    )
-    if data_source != "oxford-pets" and not data_source.startswith(STORAGE.data + "/"):
-        raise LaunchError(
-            f"data.source {data_source!r} is a folder on this computer, which the GPU container "
-            f"cannot see. Upload it once (modal volume put {DATA_VOLUME} {data_source} photos) "
-            f"and train on {STORAGE.data}/photos (--overrides='--data.source={STORAGE.data}/photos')."
-        )
-    return config
-
-
-def run_identity(config: dict[str, Any], source: str, name: str, date: str) -> tuple[str, str]:
-    """The run's name (given, else the config's run.name, else the file name) and date (today)."""
-    run_name = name or (config.get("run") or {}).get("name") or Path(source).stem
-    run_date = date or dt.date.today().isoformat()
-    if not _RUN_NAME.match(run_name):
-        raise LaunchError(f"Run name {run_name!r} must be letters, digits, '.', '_' or '-'.")
-    try:
-        dt.date.fromisoformat(run_date)
-    except ValueError:
-        raise LaunchError(
-            f"--date {run_date!r} must be YYYY-MM-DD, the date the run started."
-        ) from None
-    return run_name, run_date
-
-
-def _model_classes() -> list[str]:
-    """The names ``tinycats.models`` exports, read from its source without importing torch."""
-    source = (Path(__file__).resolve().parent / "models" / "__init__.py").read_text()
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign) and any(
-            getattr(t, "id", "") == "__all__" for t in node.targets
-        ):
-            return list(ast.literal_eval(node.value))
-    return []
-
-
-def _override_value(overrides: list[str], key: str) -> str | None:
-    """The value an override list gives ``key`` (``--key=value`` or ``--key value``), if any."""
-    value = None
-    for i, arg in enumerate(overrides):
-        if arg.startswith(key + "="):
-            value = arg.partition("=")[2]
-        elif arg == key and i + 1 < len(overrides):
-            value = overrides[i + 1]
-    return value

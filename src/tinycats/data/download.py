@@ -1,9 +1,15 @@
 """Download the Oxford-IIIT Pet archives once, verify them and install them atomically.
 
 The dataset folder appears under the data root only when it is whole: archives are fetched and
-extracted in a hidden temporary folder next to it, moved into place with one `os.replace`, and
-marked with a `.complete` file last. Call it from one process per data root at a time (Lightning's
-`prepare_data` does this): a call removes the temporary folders that earlier calls left behind.
+extracted in a hidden temporary folder next to it, marked with a `.complete` file there, and moved
+into place with one `os.replace`. A folder without the marker is a leftover of an install that was
+killed (or of an older version that marked it after the move): it is set aside and the install is
+done again. Call it from one process per data root at a time (Lightning's `prepare_data` does
+this): a call removes the temporary folders that earlier calls left behind.
+
+A failed or corrupt download raises `DatasetDownloadError`, a `TransientError`: the network may
+work on the next try, and on Modal the attempt is retried. A wrong archive placed by hand or a
+`base_url` serving other archives raises a plain `TinyCatsError`: trying again cannot fix those.
 """
 
 import logging
@@ -15,7 +21,7 @@ from pathlib import Path
 
 from torchvision.datasets.utils import calculate_md5, download_url, extract_archive
 
-from tinycats.errors import TinyCatsError
+from tinycats.errors import TinyCatsError, TransientError
 
 __all__ = [
     "OXFORD_PETS_ARCHIVES",
@@ -38,8 +44,8 @@ _TEMP_PREFIX = ".download-"
 _EXPECTED_SUBDIRS = ("images", "annotations")
 
 
-class DatasetDownloadError(TinyCatsError):
-    """The dataset could not be downloaded, verified or installed under the data root."""
+class DatasetDownloadError(TransientError):
+    """The dataset could not be downloaded, or the download was corrupt: worth another try."""
 
 
 def ensure_oxford_pets(
@@ -54,15 +60,9 @@ def ensure_oxford_pets(
     dataset_dir = root / _DATASET_DIR
     if (dataset_dir / _COMPLETE_MARKER).is_file():
         return dataset_dir
-    if dataset_dir.exists():
-        raise DatasetDownloadError(
-            f"{dataset_dir} exists but has no {_COMPLETE_MARKER} marker, so it was not installed "
-            "by ensure_oxford_pets or an earlier install was interrupted. Delete it to download "
-            "the dataset again, or, if it holds the whole dataset (images/ and annotations/), "
-            f"create {dataset_dir / _COMPLETE_MARKER} to use it as it is."
-        )
-
     root.mkdir(parents=True, exist_ok=True)
+    if dataset_dir.exists():
+        _set_aside_unmarked(dataset_dir)
     _remove_stale_temp_dirs(root)
     staging = Path(tempfile.mkdtemp(dir=root, prefix=_TEMP_PREFIX))
     try:
@@ -71,12 +71,20 @@ def ensure_oxford_pets(
             archive = _verified_archive(root, staging, filename, md5, base_url, checksums)
             extract_archive(archive, extracted)
         _check_layout(extracted, checksums)
-        os.replace(extracted, dataset_dir)
-        (dataset_dir / _COMPLETE_MARKER).touch()
+        (extracted / _COMPLETE_MARKER).touch()
+        os.replace(extracted, dataset_dir)  # appears whole and marked, or not at all
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     commit()
     return dataset_dir
+
+
+def _set_aside_unmarked(dataset_dir: Path) -> None:
+    """Move an unmarked dataset folder (an install killed half-way) to a temporary name."""
+    aside = Path(tempfile.mkdtemp(dir=dataset_dir.parent, prefix=_TEMP_PREFIX))
+    log.warning("%s has no %s marker: an earlier install was cut short. Installing it again.",
+                dataset_dir, _COMPLETE_MARKER)  # fmt: skip
+    os.replace(dataset_dir, aside / _DATASET_DIR)
 
 
 def _remove_stale_temp_dirs(root: Path) -> None:
@@ -101,7 +109,7 @@ def _verified_archive(
     if placed.is_file():
         actual = calculate_md5(placed)
         if actual != md5:
-            raise DatasetDownloadError(
+            raise TinyCatsError(
                 f"{placed} has MD5 {actual}, expected {md5}: the archive placed there by hand is "
                 f"incomplete or a different file. Replace it with a complete copy of {url}, or "
                 "delete it to let ensure_oxford_pets download it."
@@ -145,7 +153,7 @@ def _check_layout(extracted: Path, checksums: Mapping[str, str]) -> None:
     """Fail unless the extracted archives hold the Oxford-IIIT Pet images/ and annotations/."""
     missing = [name for name in _EXPECTED_SUBDIRS if not (extracted / name).is_dir()]
     if missing:
-        raise DatasetDownloadError(
+        raise TinyCatsError(
             f"The archives {', '.join(checksums)} do not hold the Oxford-IIIT Pet layout: "
             f"{', '.join(missing)}/ missing after extraction, expected "
             f"{' and '.join(_EXPECTED_SUBDIRS)}/ at the top of the archives. Use the archives "

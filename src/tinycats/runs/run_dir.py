@@ -100,3 +100,9 @@ def model_class(class_path: str) -> type:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as err:
         raise TinyCatsError(f"{class_path!r} names no importable class ({err}).") from err
+
+
+def model_group(class_path: str) -> str:
+    """The folder name of a model's runs: its class's ``run_group`` (classifier, dit)."""
+    found = model_class(class_path)
+    return getattr(found, "run_group", found.__name__.lower())

@@ -1,0 +1,256 @@
+"""Checks made on your computer before a Modal launch, without torch, and the commands printed.
+
+`remote.py` imports this module on the client side of `modal run`, so it needs nothing beyond
+the standard library and PyYAML (which `pip install -e .` brings). Everything here can fail
+before a GPU is rented, with a message that names the fix.
+"""
+
+import ast
+import datetime as dt
+import os
+import re
+import shlex
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+# ## GPUs, timeouts and retries (Modal's documented values, FACTS.md)
+
+GPU_TYPES = ("T4", "L4", "A10", "L40S", "A100", "A100-40GB", "A100-80GB", "RTX-PRO-6000",
+             "H100", "H100!", "H200", "B200", "B200+")  # fmt: skip
+MAX_GPUS = 8
+MAX_GPUS_OF = {"A10": 4}  # types with a lower limit per container
+MAX_TIMEOUT_S = 24 * 60 * 60  # Modal's limit for one attempt
+MAX_RETRIES = 10  # Modal's documented maximum
+MAX_STOP_MARGIN_S = 5 * 60  # an attempt stops this long before its timeout (less for short ones)
+
+
+class LaunchError(ValueError):
+    """A problem found before launching; the message says what was wrong and how to fix it."""
+
+
+def validate_launch_settings(gpu: str, timeout: int, retries: int) -> None:
+    """Raise LaunchError unless ``gpu``, ``timeout`` (seconds) and ``retries`` are valid on Modal."""
+    kind, colon, count = gpu.partition(":")
+    kind = kind.upper()
+    limit = MAX_GPUS_OF.get(kind, MAX_GPUS)
+    if kind not in GPU_TYPES or (colon and not count.isdigit()):
+        raise LaunchError(
+            f"Unknown GPU {gpu!r}. Use one of {', '.join(GPU_TYPES)} (any case), optionally "
+            f"followed by :N for N GPUs in one container, e.g. TINYCATS_GPU=L40S or "
+            "TINYCATS_GPU=H100:4."
+        )
+    if colon and not 1 <= int(count) <= limit:
+        raise LaunchError(
+            f"GPU {gpu!r} asks for {count} GPUs; Modal gives one container 1 to {limit} {kind} "
+            f"GPUs. Set TINYCATS_GPU={kind}:N with N from 1 to {limit}."
+        )
+    if not 1 <= timeout <= MAX_TIMEOUT_S:
+        raise LaunchError(
+            f"Timeout {timeout} s is outside Modal's range for one attempt, 1 s to 24 h "
+            f"({MAX_TIMEOUT_S} s). Set TINYCATS_TIMEOUT to seconds in that range, e.g. 21600 for "
+            "6 h; a longer run continues in further attempts."
+        )
+    if not 0 <= retries <= MAX_RETRIES:
+        raise LaunchError(
+            f"Retries {retries} is outside 0 to {MAX_RETRIES}, the range Modal allows. "
+            f"Set TINYCATS_RETRIES to a whole number in that range."
+        )
+
+
+def whole_number_from_env(name: str, default: int) -> int:
+    """The whole number the environment variable ``name`` holds (``default`` when unset)."""
+    value = os.environ.get(name, "")
+    if not value.strip():
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise LaunchError(
+            f"{name}={value!r} is not a whole number. Set it to one, or unset it for {default}."
+        ) from None
+
+
+def attempt_budget_s(timeout: int) -> float:
+    """How long an attempt trains before it stops itself: its timeout less a margin to save."""
+    return timeout - min(MAX_STOP_MARGIN_S, timeout / 10)
+
+
+# ## The config and the overrides
+
+# Set by the launch itself: the config, the run's folder, the volumes, the attempt's deadline.
+FIXED_BY_LAUNCH = ("--run.outputs", "--run.name", "--run.date", "--data.root", "-c", "--config",
+                   "--stop_at")  # fmt: skip
+# Flags that print something and exit without training.
+PRINT_AND_EXIT = ("-h", "--help", "--print_config")
+
+
+def check_config(
+    config_text: str, source: str, overrides: list[str], data_mount: str, data_volume: str
+) -> dict[str, Any]:
+    """The parsed config, if it can train on Modal as far as can be told without torch."""
+    yaml = _yaml()
+    try:
+        config = yaml.safe_load(config_text)
+    except yaml.YAMLError as err:
+        raise LaunchError(f"{source} is not valid YAML: {err}") from None
+    if not isinstance(config, dict):
+        raise LaunchError(f"{source} must be a YAML mapping with model, data and trainer sections.")
+    missing = [key for key in ("model", "data", "trainer") if not isinstance(config.get(key), dict)]
+    if missing:
+        raise LaunchError(f"{source} has no {', '.join(missing)} section: copy one from configs/.")
+    class_path = config["model"].get("class_path", "")
+    known = _model_classes()
+    if class_path.rpartition(".")[2] not in known or not class_path.startswith("tinycats.models."):
+        raise LaunchError(
+            f"{source}: model.class_path {class_path!r} is not a tinycats model; use one of "
+            f"{', '.join('tinycats.models.' + name for name in known)}."
+        )
+    printing = [arg for arg in overrides if arg.split("=")[0] in PRINT_AND_EXIT]
+    if printing:
+        raise LaunchError(
+            f"--overrides={' '.join(printing)} prints and exits without training, which would "
+            f"rent a GPU for nothing. Run it here instead: tinycats fit -c {source} "
+            f"{' '.join(printing)}"
+        )
+    fixed = [arg for arg in overrides if arg.split("=")[0] in FIXED_BY_LAUNCH]
+    if fixed:
+        raise LaunchError(
+            f"--overrides may not set {', '.join(fixed)}: the launch fixes the config, the run "
+            "(use --name and --date), the volume folders and the attempt's deadline."
+        )
+    data_source = override_value(overrides, "--data.source") or config["data"].get(
+        "source", "oxford-pets"
+    )
+    if data_source != "oxford-pets" and not data_source.startswith(data_mount + "/"):
+        raise LaunchError(
+            f"data.source {data_source!r} is a folder on this computer, which the GPU container "
+            f"cannot see. Upload it once (modal volume put {data_volume} {data_source} photos) "
+            f"and train on {data_mount}/photos (--overrides='--data.source={data_mount}/photos')."
+        )
+    return config
+
+
+def start_checkpoint(config: dict[str, Any], overrides: list[str]) -> tuple[list[str], str]:
+    """The overrides without a start checkpoint, and that checkpoint ("" for none).
+
+    Modal retries an attempt, and a long run takes several: each one must continue the run,
+    not start again. So ``--resume PATH`` and ``--ckpt_path PATH`` become a start point that the
+    container uses only while the run's folder has no checkpoint of its own, and the policies
+    that cannot survive a retry are refused here.
+    """
+    policy = override_value(overrides, "--resume") or str(config.get("resume") or "auto")
+    path = override_value(overrides, "--ckpt_path") or str(config.get("ckpt_path") or "")
+    if policy == "never":
+        raise LaunchError(
+            "--resume never cannot survive a retry: the next attempt would find the first one's "
+            "checkpoints and stop. A new --name starts a fresh run; that is all `never` is for."
+        )
+    if policy == "latest":
+        raise LaunchError(
+            "--resume latest would train in whichever run wrote last, not in the run this launch "
+            "names. On Modal a run is found by its name: pass --name NAME (and --date to pick one "
+            "of several) to continue it."
+        )
+    if policy != "auto" and path:
+        raise LaunchError("Set either --resume PATH or --ckpt_path PATH, not both.")
+    kept = _without(overrides, ("--resume", "--ckpt_path"))
+    return kept, path or ("" if policy == "auto" else policy)
+
+
+def run_identity(config: dict[str, Any], source: str, name: str, date: str) -> tuple[str, str]:
+    """The run's name (given, else the config's run.name, else the file name) and date ("" for
+    the newest run of that name, or today's when there is none)."""
+    run_name = name or (config.get("run") or {}).get("name") or Path(source).stem
+    if not _RUN_NAME.match(run_name):
+        raise LaunchError(f"Run name {run_name!r} must be letters, digits, '.', '_' or '-'.")
+    if date:
+        try:
+            dt.date.fromisoformat(date)
+        except ValueError:
+            raise LaunchError(
+                f"--date {date!r} must be YYYY-MM-DD, the date the run started."
+            ) from None
+    return run_name, date
+
+
+def override_value(overrides: list[str], key: str) -> str | None:
+    """The value an override list gives ``key`` (``--key=value`` or ``--key value``), if any."""
+    value = None
+    for i, arg in enumerate(overrides):
+        if arg.startswith(key + "="):
+            value = arg.partition("=")[2]
+        elif arg == key and i + 1 < len(overrides):
+            value = overrides[i + 1]
+    return value
+
+
+# ## Commands printed for the user
+
+# What a run is used and judged by; the step checkpoints are only for resuming.
+ESSENTIAL_FILES = ("last.ckpt", "summary.json", "metrics.csv", "samples")
+LARGE_RUN_BYTES = 1 << 30
+
+
+def fetch_commands(volume: str, run_dir: str, run_bytes: int, present: list[str]) -> list[str]:
+    """Commands that download a run (a path inside ``volume``) into ./outputs/<same path>.
+
+    ``modal volume get VOL DIR LOCAL`` writes every file of DIR onto LOCAL itself unless LOCAL
+    is an existing folder, so each command creates the folder first. When the run holds
+    ``LARGE_RUN_BYTES`` or more (a DiT's step checkpoints), a second command fetches only what
+    is needed to use and judge it, of the top-level names ``present`` in the run's folder.
+    """
+    run = PurePosixPath(run_dir)
+    local = PurePosixPath("outputs") / run
+    whole = (
+        f"mkdir -p {shlex.quote(str(local.parent))} && modal volume get {volume} "
+        f"{shlex.quote(str(run))} {shlex.quote(str(local.parent))}"
+    )
+    commands = [whole]
+    if run_bytes >= LARGE_RUN_BYTES:
+        parts = " && ".join(
+            f"modal volume get {volume} {shlex.quote(str(run / name))} {shlex.quote(str(local))}"
+            for name in ESSENTIAL_FILES
+            if name in present
+        )
+        commands.append(f"mkdir -p {shlex.quote(str(local))} && {parts}")
+    return commands
+
+
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _without(overrides: list[str], keys: tuple[str, ...]) -> list[str]:
+    """``overrides`` with every ``--key=value`` and ``--key value`` of ``keys`` removed."""
+    kept: list[str] = []
+    skip = False
+    for arg in overrides:
+        if skip:
+            skip = False
+        elif arg in keys:
+            skip = True
+        elif arg.partition("=")[0] not in keys:
+            kept.append(arg)
+    return kept
+
+
+def _yaml() -> Any:
+    """PyYAML, which the project's install brings (through jsonargparse), or a clear error."""
+    try:
+        import yaml
+    except ImportError:
+        raise LaunchError(
+            "PyYAML is missing, so the config cannot be checked before launch. Install the "
+            "project, not only modal, from the repository root: pip install -e ."
+        ) from None
+    return yaml
+
+
+def _model_classes() -> list[str]:
+    """The names ``tinycats.models`` exports, read from its source without importing torch."""
+    source = (Path(__file__).resolve().parent / "models" / "__init__.py").read_text()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and any(
+            getattr(t, "id", "") == "__all__" for t in node.targets
+        ):
+            return list(ast.literal_eval(node.value))
+    return []
