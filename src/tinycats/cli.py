@@ -10,8 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from tinycats.checkpoint import CheckpointPolicy, build_checkpoints, no_commit
@@ -103,17 +104,23 @@ class TinyCatsCLI(LightningCLI):
         self.datamodule.commit = self.commit_data
         config = self.config_init[self.subcommand]
         self.checkpoints = build_checkpoints(config.checkpoint, self.run.path, self.commit_outputs)
-        extra = [PrintPredictions()] if self.subcommand == "predict" else []
+        extra = {"predict": [PrintPredictions()], "fit": [LearningRateMonitor()]}
         allow_tf32(config.tf32)
+        # fit logs into the run directory; validate/test/predict into their own folder, so
+        # they never rewrite the training history. CSV first: it is trainer.log_dir.
+        version = "" if self.subcommand == "fit" else self.subcommand
         return super().instantiate_trainer(
             precision=auto_precision(config.trainer.precision),
             default_root_dir=str(self.run.path),
-            # fit logs into the run directory; validate/test/predict into their own folder, so
-            # they never rewrite the training history.
-            logger=CSVLogger(
-                self.run.path, name="", version="" if self.subcommand == "fit" else self.subcommand
-            ),
-            callbacks=[*(config.trainer.callbacks or []), *self.checkpoints, *extra],
+            logger=[
+                CSVLogger(self.run.path, name="", version=version),
+                TensorBoardLogger(self.run.path, name="", version=version, default_hp_metric=False),
+            ],
+            callbacks=[
+                *(config.trainer.callbacks or []),
+                *self.checkpoints,
+                *extra.get(self.subcommand, []),
+            ],
             **kwargs,
         )
 
