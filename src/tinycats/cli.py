@@ -33,6 +33,7 @@ Train and use the tinycats models from one YAML config:
   tinycats sample --help                          draw cats with a trained TinyDiT
   tinycats evaluate-generator --help              FID/KID per breed, guidance sweep, memorisation
   tinycats export --help                          ONNX (and int8) for the classifier and the DiT
+  tinycats serve --help                           a web page and JSON API over trained runs
 """
 
 # Commands beside LightningCLI's: name → module with ``main(argv)``.
@@ -40,6 +41,7 @@ TOOLS = {
     "sample": "tinycats.sample",
     "evaluate-generator": "tinycats.evaluate_generator",
     "export": "tinycats.export",
+    "serve": "tinycats.commands.serve",
 }
 
 EXIT_USAGE = 2  # like a config error: it fails the same way every time, so don't retry it

@@ -1,0 +1,1 @@
+"""The commands beside LightningCLI's, each a module with ``main(argv)`` listed in ``cli.TOOLS``."""

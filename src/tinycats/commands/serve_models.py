@@ -1,0 +1,241 @@
+"""The trained models ``tinycats serve`` answers with: found by run path, loaded once, kept.
+
+A run is named by a path inside the runs folder (a run directory, whose newest readable
+checkpoint is used, or a checkpoint file). Paths that leave that folder are refused, so a web
+request can name runs without reaching any other file on the machine.
+"""
+
+import io
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.v2 import functional as TF
+
+from tinycats.augment import to_unit_range
+from tinycats.errors import TinyCatsError
+from tinycats.grid import labelled_grid
+from tinycats.models.classifier import CatClassifier
+
+# Checkpoint discovery and loading live in resume.py and sample.py today (one loader in
+# runs/resume.py soon): these two imports are the only place serving depends on them.
+from tinycats.resume import newest_first, newest_run, resumable_checkpoints
+from tinycats.sample import load_generator
+
+KINDS = ("classifier", "dit")  # also the runs' model folders: <runs>/checkpoints/<kind>/...
+
+
+class BadRequest(TinyCatsError):
+    """The request asked for something the server cannot give; ``status`` is its HTTP code."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for, so that no request can exhaust the server.
+
+    Args:
+        max_upload_bytes: the largest photo upload accepted.
+        max_pixels: the most pixels a photo may have (decompression bombs are small files).
+        max_files: the most photos one classify request may carry.
+        max_n: the most cats one drawing may hold.
+        max_steps: the most ODE steps of one drawing.
+    """
+
+    max_upload_bytes: int = 10_000_000
+    max_pixels: int = 40_000_000
+    max_files: int = 16
+    max_n: int = 16
+    max_steps: int = 100
+
+
+@dataclass
+class LoadedRun:
+    """A model with where it came from, as ``/api/models`` lists it."""
+
+    kind: str
+    run: str
+    checkpoint: str
+    step: int
+    metrics: dict[str, float]
+    classes: list[str]
+    image_size: int
+    model: Any = field(repr=False)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def describe(self) -> dict[str, Any]:
+        """The JSON-able description of this run (everything but the model)."""
+        return {"kind": self.kind, "run": self.run, "checkpoint": self.checkpoint,
+                "step": self.step, "metrics": self.metrics, "classes": self.classes,
+                "image_size": self.image_size}  # fmt: skip
+
+
+class ModelStore:
+    """The runs the server has loaded, by kind and run path; loads others on first use."""
+
+    def __init__(self, runs_root: Path, limits: Limits = Limits()) -> None:
+        self.runs_root = runs_root.resolve()
+        self.limits = limits
+        self.loaded: dict[str, dict[str, LoadedRun]] = {kind: {} for kind in KINDS}
+        self.default: dict[str, str | None] = dict.fromkeys(KINDS)
+        self._loading = threading.Lock()
+
+    def load_default(self, kind: str, run: str | None) -> LoadedRun | None:
+        """Load ``run`` (or, for ``newest``, the newest run of ``kind``) as the kind's default."""
+        if run == "newest":
+            newest = newest_run(self.runs_root / "checkpoints" / kind)
+            if newest is None:
+                return None
+            run = str(newest)
+        if not run:
+            return None
+        loaded = self.get(kind, run)
+        self.default[kind] = loaded.run
+        return loaded
+
+    def get(self, kind: str, run: str | None = None) -> LoadedRun:
+        """The loaded run of ``kind`` at ``run`` (the default when None), loading it if needed."""
+        if run is None:
+            run = self.default[kind]
+            if run is None:
+                raise BadRequest(404, f"No {kind} run is loaded: start the server with "
+                                 f"--{'classifier' if kind == 'classifier' else 'generator'} RUN, "
+                                 "or name a run in the request.")  # fmt: skip
+        path = self.confine(run)
+        key = self._key(path)
+        with self._loading:  # two first requests for one run load it once
+            if key not in self.loaded[kind]:
+                self.loaded[kind][key] = _load(kind, path, key)
+        return self.loaded[kind][key]
+
+    def confine(self, run: str) -> Path:
+        """``run`` as a path inside the runs folder (relative paths are taken from it)."""
+        path = (self.runs_root / run).resolve()
+        if not path.is_relative_to(self.runs_root):
+            raise BadRequest(400, f"Run {run!r} is outside the runs folder {self.runs_root}: "
+                             "name a run directory or checkpoint inside it.")  # fmt: skip
+        if not path.exists():
+            raise BadRequest(404, f"No run or checkpoint at {run!r} in {self.runs_root}.")
+        return path
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every loaded run, defaults first."""
+        runs = [r for kind in KINDS for r in self.loaded[kind].values()]
+        return [r.describe() | {"default": self.default[r.kind] == r.run} for r in runs]
+
+    def _key(self, path: Path) -> str:
+        return str(path.relative_to(self.runs_root)) or "."
+
+
+def _load(kind: str, path: Path, name: str) -> LoadedRun:
+    """Load a classifier or a DiT from a run directory or checkpoint, in eval mode on the CPU."""
+    try:
+        checkpoint = _newest_checkpoint(path)
+        if kind == "dit":
+            model = load_generator(checkpoint)
+            image_size = model.model.image_size
+            classes = model.class_labels
+        else:
+            model, image_size = _load_classifier(checkpoint)
+            classes = list(model.hparams.class_names or map(str, range(model.hparams.num_classes)))
+    except BadRequest:
+        raise
+    except TinyCatsError as err:
+        raise BadRequest(422, str(err)) from err
+    model.eval().requires_grad_(False)
+    step = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["global_step"]
+    run_dir = path if path.is_dir() else path.parent
+    summary = run_dir / "summary.json"
+    metrics = json.loads(summary.read_text()).get("metrics", {}) if summary.is_file() else {}
+    return LoadedRun(kind, name, checkpoint.name, int(step), metrics, classes, image_size, model)
+
+
+def _newest_checkpoint(path: Path) -> Path:
+    if path.is_file():
+        return path
+    found = newest_first(resumable_checkpoints(path))
+    if not found:
+        raise BadRequest(404, f"{path.name} holds no last.ckpt or step=*.ckpt.")
+    return found[0]
+
+
+def _load_classifier(checkpoint: Path) -> tuple[CatClassifier, int]:
+    """A CatClassifier from its checkpoint, and the image size its data module trained it at."""
+    try:
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # a truncated zip raises RuntimeError, garbage raises others
+        raise BadRequest(422, f"Cannot read checkpoint {checkpoint.name}: {err}") from err
+    hparams = saved.get("hyper_parameters") or {}
+    if "backbone" not in hparams:
+        raise BadRequest(422, f"{checkpoint.name} is not a checkpoint of the cat classifier.")
+    image_size = (saved.get("datamodule_hyper_parameters") or {}).get("image_size")
+    if image_size is None:
+        raise BadRequest(422, f"{checkpoint.name} does not say which image size it was trained at.")
+    # weights=None: the trained weights come from the checkpoint, nothing is downloaded.
+    kwargs = {k: v for k, v in hparams.items() if not k.startswith("_")} | {"weights": None}
+    model = CatClassifier(**kwargs)
+    model.load_state_dict(saved["state_dict"])
+    return model, int(image_size)
+
+
+def decode_photo(data: bytes, size: int, limits: Limits) -> torch.Tensor:
+    """An uploaded photo as the ``(3, size, size)`` uint8 square the classifier was trained on.
+
+    Decoded like the training images (``tinycats.data.images.load_square``), after checking the
+    byte and pixel limits: the pixel count is read from the header, before anything is decoded.
+    """
+    if len(data) > limits.max_upload_bytes:
+        raise BadRequest(413, f"The upload has {len(data)} bytes; the limit is "
+                         f"{limits.max_upload_bytes}.")  # fmt: skip
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            pixels = image.width * image.height
+            if pixels > limits.max_pixels:
+                raise BadRequest(413, f"The image has {image.width}×{image.height} pixels; the "
+                                 f"limit is {limits.max_pixels} pixels.")  # fmt: skip
+            image.draft("RGB", (size, size))
+            image.load()
+            rgb = image.convert("RGB")
+    except BadRequest:
+        raise
+    except Image.DecompressionBombError as err:
+        raise BadRequest(413, f"The image is too large to decode: {err}") from err
+    except UnidentifiedImageError as err:
+        raise BadRequest(400, "Not an image: upload a JPEG, PNG or WebP photo.") from err
+    except (OSError, SyntaxError, ValueError) as err:
+        raise BadRequest(400, f"A broken image (truncated or corrupt): {err}.") from err
+    return TF.center_crop(TF.resize(TF.pil_to_tensor(rgb), size, antialias=True), size)
+
+
+def classify(loaded: LoadedRun, photos: list[torch.Tensor]) -> list[dict[str, Any]]:
+    """The label, its probability and every class's probability, for each decoded photo."""
+    with torch.inference_mode():
+        probabilities = loaded.model(to_unit_range(torch.stack(photos))).softmax(dim=-1)
+    results = []
+    for row in probabilities.tolist():
+        best = max(range(len(row)), key=row.__getitem__)
+        results.append({"label": loaded.classes[best], "probability": row[best],
+                        "probabilities": dict(zip(loaded.classes, row, strict=True))})  # fmt: skip
+    return results
+
+
+def draw(loaded: LoadedRun, breed: str, n: int, steps: int, guidance: float, seed: int) -> bytes:
+    """A PNG grid of ``n`` cats of ``breed`` (one labelled row), the same bytes for the same seed."""
+    wanted = breed.replace(" ", "_").lower()
+    matches = [name for name in loaded.classes if name.lower() == wanted]
+    if not matches:
+        raise BadRequest(422, f"Unknown breed {breed!r}. This model knows: "
+                         f"{', '.join(loaded.classes)}.")  # fmt: skip
+    labels = torch.full((n,), loaded.classes.index(matches[0]))
+    with loaded.lock, torch.inference_mode():
+        images = loaded.model.generate(labels, seed=seed, steps=steps, cfg_scale=guidance)
+    buffer = io.BytesIO()
+    labelled_grid(images, matches).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,217 @@
+"""``tinycats serve`` through the ASGI test client, on a tiny classifier and a tiny DiT trained
+once by the real command: answers, and a clear 4xx for every kind of bad input."""
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import make_broken_images
+from PIL import Image
+
+pytestmark = [
+    pytest.mark.slow,  # the two tiny runs take ~25 s on an idle machine
+    pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`"),
+]
+
+TIMEOUT = 300
+CLASSIFIER_RUN = "checkpoints/classifier/2026-01-02/tiny"
+DIT_RUN = "checkpoints/dit/2026-01-02/tiny"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, pets_sample: Path) -> Path:
+    """A runs folder with a tiny classifier and a tiny DiT, both trained by ``tinycats fit``."""
+    tmp = tmp_path_factory.mktemp("serve")
+    fits = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tinycats", "fit", "-c", f"tests/configs/{model}_tiny.yaml",
+             f"--run.outputs={tmp / 'outputs'}", f"--data.root={tmp / model}",
+             f"--data.source={pets_sample}", "--run.date=2026-01-02"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        for model in ("classifier", "dit")
+    ]  # both at once: two processes on two cores
+    for fit in fits:
+        output = fit.communicate(timeout=TIMEOUT)[0]
+        assert fit.returncode == 0, output[-3000:]
+    return tmp / "outputs"
+
+
+def client_for(runs: Path, classifier: str = "newest", generator: str = "newest", **limits):
+    from fastapi.testclient import TestClient
+
+    from tinycats.commands.serve import load_store
+    from tinycats.commands.serve_api import build_app
+    from tinycats.commands.serve_models import Limits
+
+    return TestClient(build_app(load_store(runs, classifier, generator, Limits(**limits))))
+
+
+@pytest.fixture(scope="module")
+def client(runs: Path):
+    """The app with small limits, so that each limit is cheap to cross."""
+    return client_for(runs, max_upload_bytes=300_000, max_pixels=1_000_000, max_n=6, max_steps=8)
+
+
+def photo(pets_sample: Path, breed: str = "Bengal") -> tuple[str, bytes]:
+    path = sorted(pets_sample.glob(f"{breed}_*.jpg"))[0]
+    return path.name, path.read_bytes()
+
+
+def upload(client, *files: tuple[str, bytes]):
+    return client.post("/api/classify", files=[("file", (n, d, "image/jpeg")) for n, d in files])
+
+
+# --- Answers -----------------------------------------------------------------------------------
+
+
+def test_health_and_the_loaded_runs(client) -> None:
+    assert client.get("/api/health").json() == {"status": "ok"}
+    models = {m["kind"]: m for m in client.get("/api/models").json()["models"]}
+    assert models["classifier"]["run"] == CLASSIFIER_RUN and models["classifier"]["step"] == 8
+    assert models["classifier"]["classes"] == ["cat", "dog"]
+    assert 0 <= models["classifier"]["metrics"]["val/acc"] <= 1
+    assert models["dit"]["run"] == DIT_RUN and models["dit"]["step"] == 4
+    assert "Bengal" in models["dit"]["classes"] and models["dit"]["default"]
+
+
+def test_classify_gives_what_the_model_gives_on_the_training_decode(client, runs, pets_sample):
+    import torch
+
+    from tinycats.augment import to_unit_range
+    from tinycats.data.images import load_square
+    from tinycats.models.classifier import CatClassifier
+
+    names = [p.name for p in sorted(pets_sample.glob("*.jpg"))[::70]]  # cats and dogs
+    answer = upload(client, *[(n, (pets_sample / n).read_bytes()) for n in names])
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    model = CatClassifier.load_from_checkpoint(runs / CLASSIFIER_RUN / "last.ckpt", weights=None)
+    model.eval()
+    images = torch.stack([load_square(pets_sample / n, 24)[0] for n in names])
+    with torch.no_grad():
+        expected = model(to_unit_range(images)).softmax(-1)
+    assert [r["filename"] for r in results] == names
+    for result, probabilities in zip(results, expected.tolist(), strict=True):
+        assert list(result["probabilities"]) == ["cat", "dog"]
+        assert list(result["probabilities"].values()) == pytest.approx(probabilities, abs=1e-5)
+        assert result["label"] == ["cat", "dog"][probabilities.index(max(probabilities))]
+        assert result["probability"] == pytest.approx(max(probabilities), abs=1e-5)
+
+
+def test_draw_gives_the_sample_commands_grid_and_the_same_bytes_for_the_same_seed(
+    client, runs, tmp_path
+) -> None:
+    from tinycats.sample import main as sample_main
+
+    query = {"breed": "maine coon", "n": 3, "steps": 2, "guidance": 2.0, "seed": 7}
+    first = client.get("/api/draw", params=query)
+    assert first.status_code == 200 and first.headers["content-type"] == "image/png"
+    assert client.get("/api/draw", params=query).content == first.content
+    assert client.get("/api/draw", params=query | {"seed": 8}).content != first.content
+    sample_main(["--ckpt", str(runs / DIT_RUN), "--breed", "Maine_Coon", "--n", "3", "--steps",
+                 "2", "--cfg", "2.0", "--seed", "7", "--out", str(tmp_path / "grid.png")])  # fmt: skip
+    with Image.open(io.BytesIO(first.content)) as served, Image.open(tmp_path / "grid.png") as cli:
+        assert served.size == cli.size
+        assert served.convert("RGB").tobytes() == cli.convert("RGB").tobytes()
+
+
+def test_the_page_is_served(client) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert 'id="drop"' in page.text and "api/classify" in page.text and "api/draw" in page.text
+
+
+# --- Bad input: a clear 4xx, and the server keeps answering --------------------------------------
+
+
+def test_broken_and_foreign_files_are_refused(client, tmp_path) -> None:
+    broken = make_broken_images(tmp_path)
+    for kind, status, message in (("not_an_image", 400, "Not an image"),
+                                  ("truncated", 400, "broken image (truncated or corrupt)")):  # fmt: skip
+        answer = upload(client, (broken[kind].name, broken[kind].read_bytes()))
+        assert answer.status_code == status, answer.text
+        assert message in answer.json()["detail"] and broken[kind].name in answer.json()["detail"]
+    # Converted kinds are photos all the same.
+    for kind in ("grayscale", "cmyk", "png_as_jpg"):
+        assert upload(client, (broken[kind].name, broken[kind].read_bytes())).status_code == 200
+    assert client.get("/api/health").status_code == 200
+
+
+def test_decompression_bombs_are_refused_from_the_header(client, runs) -> None:
+    def png(width: int, height: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("1", (width, height)).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    over_our_limit = png(1001, 1000)  # a few kB, over max_pixels=1_000_000
+    answer = upload(client, ("bomb.png", over_our_limit))
+    assert answer.status_code == 413 and "limit is 1000000 pixels" in answer.json()["detail"]
+    assert upload(client, ("ok.png", png(1000, 1000))).status_code == 200
+    # 400 megapixels in ~50 kB, past PIL's own bomb limit, with the default limits.
+    answer = upload(client_for(runs), ("bomb.png", png(20_000, 20_000)))
+    assert answer.status_code == 413, answer.text
+
+
+def test_oversized_uploads_are_refused(client, pets_sample) -> None:
+    big = b"\xff\xd8" + b"\0" * 300_000
+    answer = upload(client, ("big.jpg", big))  # Content-Length within the many-files allowance
+    assert answer.status_code == 413 and "the limit is 300000" in answer.json()["detail"]
+    huge = b"\0" * (16 * 300_000 + 100_000)  # over every allowance: refused from the header
+    answer = upload(client, ("huge.jpg", huge))
+    assert answer.status_code == 413 and "bytes; the limit is" in answer.json()["detail"]
+    answer = upload(client, *[photo(pets_sample)] * 17)
+    assert answer.status_code == 413 and "17 photos" in answer.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "message"),
+    [
+        ({"breed": "Tabby"}, 422, "Unknown breed 'Tabby'. This model knows: Abyssinian, Bengal"),
+        ({"breed": "Bengal", "n": 0}, 422, "n: Input should be greater than or equal to 1"),
+        ({"breed": "Bengal", "n": 7}, 422, "n: Input should be less than or equal to 6"),
+        ({"breed": "Bengal", "steps": 9}, 422, "steps: Input should be less than or equal to 8"),
+        ({"breed": "Bengal", "steps": "many"}, 422, "steps: Input should be a valid integer"),
+        ({"breed": "Bengal", "guidance": -1}, 422, "guidance: Input should be greater than"),
+        ({}, 422, "breed: Field required"),
+        ({"breed": "Bengal", "run": "../../.."}, 400, "is outside the runs folder"),
+        ({"breed": "Bengal", "run": "/etc"}, 400, "is outside the runs folder"),
+        ({"breed": "Bengal", "run": "checkpoints/dit/nope"}, 404, "No run or checkpoint"),
+        ({"breed": "Bengal", "run": CLASSIFIER_RUN}, 422, "not of the DiT generator"),
+    ],
+)
+def test_bad_drawing_requests_are_refused(client, query, status, message) -> None:
+    answer = client.get("/api/draw", params=query)
+    assert answer.status_code == status, answer.text
+    assert message in answer.json()["detail"]
+
+
+def test_a_classify_request_for_a_run_outside_the_runs_folder_is_refused(client, pets_sample):
+    for run in ("..", "/tmp", f"../{CLASSIFIER_RUN}"):
+        answer = client.post("/api/classify", params={"run": run},
+                             files={"file": photo(pets_sample)})  # fmt: skip
+        assert answer.status_code == 400, answer.text
+        assert "outside the runs folder" in answer.json()["detail"]
+
+
+def test_a_model_that_is_not_loaded_is_named(runs, pets_sample) -> None:
+    only_dit = client_for(runs, classifier="")
+    answer = only_dit.post("/api/classify", files={"file": photo(pets_sample)})
+    assert answer.status_code == 404 and "No classifier run is loaded" in answer.json()["detail"]
+    kinds = [m["kind"] for m in only_dit.get("/api/models").json()["models"]]
+    assert kinds == ["dit"]
+
+
+def test_the_command_refuses_what_it_cannot_serve(runs, tmp_path) -> None:
+    from tinycats.commands.serve import load_store
+    from tinycats.commands.serve_models import Limits
+    from tinycats.errors import TinyCatsError
+
+    with pytest.raises(TinyCatsError, match="No classifier or DiT run to serve"):
+        load_store(tmp_path, "newest", "newest", Limits())
+    with pytest.raises(TinyCatsError, match="is outside the runs folder"):
+        load_store(runs, "/etc", "", Limits())
+    with pytest.raises(TinyCatsError, match="--runs_dir .* is not a folder"):
+        load_store(tmp_path / "nope", "newest", "newest", Limits())
