@@ -24,15 +24,16 @@ DIT_RUN = "checkpoints/dit/2026-01-02/tiny"
 def runs(tmp_path_factory, pets_sample: Path) -> Path:
     """A runs folder with a tiny classifier and a tiny DiT, both trained by ``tinycats fit``."""
     tmp = tmp_path_factory.mktemp("serve")
-    fits = [
-        subprocess.Popen(
+
+    def fit(model: str) -> subprocess.Popen:
+        return subprocess.Popen(
             [sys.executable, "-m", "tinycats", "fit", "-c", f"tests/configs/{model}_tiny.yaml",
              f"--run.outputs={tmp / 'outputs'}", f"--data.root={tmp / model}",
              f"--data.source={pets_sample}", "--run.date=2026-01-02"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
-        for model in ("classifier", "dit")
-    ]  # both at once: two processes on two cores
+
+    fits = [fit("classifier"), fit("dit")]  # both at once: two processes on two cores
     for fit in fits:
         output = fit.communicate(timeout=TIMEOUT)[0]
         assert fit.returncode == 0, output[-3000:]
@@ -213,5 +214,5 @@ def test_the_command_refuses_what_it_cannot_serve(runs, tmp_path) -> None:
         load_store(tmp_path, "newest", "newest", Limits())
     with pytest.raises(TinyCatsError, match="is outside the runs folder"):
         load_store(runs, "/etc", "", Limits())
-    with pytest.raises(TinyCatsError, match="--runs_dir .* is not a folder"):
+    with pytest.raises(TinyCatsError, match=r"--runs_dir .* is not a folder"):
         load_store(tmp_path / "nope", "newest", "newest", Limits())
