@@ -216,3 +216,91 @@ def test_the_command_refuses_what_it_cannot_serve(runs, tmp_path) -> None:
         load_store(runs, "/etc", "", Limits())
     with pytest.raises(TinyCatsError, match=r"--runs_dir .* is not a folder"):
         load_store(tmp_path / "nope", "newest", "newest", Limits())
+
+
+# --- The web page in a real browser (headless Chromium from the OS packages) --------------------
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="module")
+def server(runs: Path):
+    """The app on a free loopback port, served by uvicorn in a thread, as `tinycats serve` does."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from tinycats.commands.serve import load_store
+    from tinycats.commands.serve_api import build_app
+    from tinycats.commands.serve_models import Limits
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = build_app(load_store(runs, "newest", "newest", Limits()))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start within 30 s"
+    yield f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium driven by Selenium through the OS's chromedriver (nothing downloaded)."""
+    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+        pytest.skip(f"needs Chromium at {CHROMIUM} and {CHROMEDRIVER}: "
+                    "apt-get install -y chromium chromium-driver (.ci/run does)")  # fmt: skip
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (the dev extra)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+                 "--window-size=1200,1000"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(str(CHROMEDRIVER)))
+    yield driver
+    driver.quit()
+
+
+def test_the_page_classifies_an_uploaded_photo_and_draws_a_grid(server, browser, pets_sample):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as shows
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    wait = WebDriverWait(browser, 60)
+    browser.get(server)
+    # The loaded runs are listed, and the breeds of the DiT fill the menu.
+    wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#run-rows tr")) == 2)
+    assert DIT_RUN in browser.find_element(By.ID, "run-rows").text
+    # Upload a photo: a label and a bar per class appear.
+    browser.find_element(By.ID, "file").send_keys(str(sorted(pets_sample.glob("Bengal_*"))[0]))
+    wait.until(lambda b: "%" in b.find_element(By.ID, "label").text)
+    assert browser.find_element(By.ID, "label").text.split(" (")[0] in ("cat", "dog")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#bars .bar")) == 2
+    assert browser.find_element(By.ID, "classify-error").text == ""
+    # Draw 3 Bengals: the grid appears as a decoded image.
+    Select(browser.find_element(By.ID, "breed")).select_by_value("Bengal")
+    for field, value in (("n", "3"), ("steps", "2")):
+        browser.find_element(By.ID, field).clear()
+        browser.find_element(By.ID, field).send_keys(value)
+    browser.find_element(By.ID, "draw-button").click()
+    grid = wait.until(shows.visibility_of_element_located((By.ID, "grid")))
+    wait.until(lambda b: b.execute_script("return arguments[0].naturalWidth", grid) > 0)
+    width, height = browser.execute_script(
+        "return [arguments[0].naturalWidth, arguments[0].naturalHeight]", grid
+    )
+    assert height == 16 + 2 * 2 and width > 3 * (16 + 2)  # one row of three 16 px cats
+    # A refused request shows its reason on the page.
+    browser.find_element(By.ID, "n").clear()
+    browser.find_element(By.ID, "n").send_keys("99")
+    browser.find_element(By.ID, "draw-button").click()
+    wait.until(lambda b: "less than or equal to 16" in b.find_element(By.ID, "draw-error").text)

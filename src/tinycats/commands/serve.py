@@ -2,9 +2,10 @@
 
 import logging
 import time
+from argparse import RawDescriptionHelpFormatter
 from pathlib import Path
 
-from jsonargparse import ArgumentParser
+from jsonargparse import ArgumentParser, DefaultHelpFormatter
 
 from tinycats.commands.serve_models import Limits, ModelStore
 from tinycats.errors import TinyCatsError
@@ -24,9 +25,13 @@ examples:
 """
 
 
+class _Help(DefaultHelpFormatter, RawDescriptionHelpFormatter):
+    """jsonargparse's help, with the description's examples kept on their lines."""
+
+
 def build_parser() -> ArgumentParser:
     """The ``tinycats serve`` flags (``--max_pixels``-style names, like the other commands)."""
-    parser = ArgumentParser(prog="tinycats serve", description=DESCRIPTION)
+    parser = ArgumentParser(prog="tinycats serve", description=DESCRIPTION, formatter_class=_Help)
     parser.add_argument("--classifier", type=str, default="newest",
                         help="classifier run or checkpoint, relative to --runs_dir")  # fmt: skip
     parser.add_argument("--generator", type=str, default="newest",
