@@ -117,6 +117,9 @@ def test_draw_gives_the_sample_commands_grid_and_the_same_bytes_for_the_same_see
     with Image.open(io.BytesIO(first.content)) as served, Image.open(tmp_path / "grid.png") as cli:
         assert served.size == cli.size
         assert served.convert("RGB").tobytes() == cli.convert("RGB").tobytes()
+    every_breed = client.get("/api/draw", params={"breed": "all", "n": 1, "steps": 1})
+    with Image.open(io.BytesIO(every_breed.content)) as grid:
+        assert grid.height == 12 * (16 + 2) + 2  # a row per breed
 
 
 def test_the_page_is_served(client) -> None:
@@ -170,7 +173,7 @@ def test_oversized_uploads_are_refused(client, pets_sample) -> None:
 @pytest.mark.parametrize(
     ("query", "status", "message"),
     [
-        ({"breed": "Tabby"}, 422, "Unknown breed 'Tabby'. This model knows: Abyssinian, Bengal"),
+        ({"breed": "Tabby"}, 422, "Unknown breed 'Tabby'. This model knows: all, Abyssinian"),
         ({"breed": "Bengal", "n": 0}, 422, "n: Input should be greater than or equal to 1"),
         ({"breed": "Bengal", "n": 7}, 422, "n: Input should be less than or equal to 6"),
         ({"breed": "Bengal", "steps": 9}, 422, "steps: Input should be less than or equal to 8"),
@@ -304,3 +307,139 @@ def test_the_page_classifies_an_uploaded_photo_and_draws_a_grid(server, browser,
     browser.find_element(By.ID, "n").send_keys("99")
     browser.find_element(By.ID, "draw-button").click()
     wait.until(lambda b: "less than or equal to 16" in b.find_element(By.ID, "draw-error").text)
+
+
+# --- The same app on Modal (src/tinycats/remote.py's Server), offline and without a token --------
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = f"""
+import importlib.util, json, sys
+import modal
+
+recorded = []
+original = modal.App.cls
+def recording(self, *args, **kwargs):
+    recorded.append(kwargs)
+    return original(self, *args, **kwargs)
+modal.App.cls = recording
+spec = importlib.util.spec_from_file_location("remote", {str(REPO / "src/tinycats/remote.py")!r})
+remote = importlib.util.module_from_spec(spec)
+sys.modules["remote"] = remote
+spec.loader.exec_module(remote)
+server = next(kwargs for kwargs in recorded if kwargs.get("enable_memory_snapshot"))
+info = remote.Server().web.info()
+board = remote.tensorboard.info()
+print(json.dumps({{
+    "gpus": info.gpus, "single_use_containers": info.single_use_containers,
+    "volumes": {{path: mount.name for path, mount in info.volumes.items()}},
+    "methods": sorted(info.method_names), "max_inputs": info.concurrency_info.max_inputs,
+    "web_public": info.method_details["web"].unauthenticated,
+    "scaledown_window": server["scaledown_window"],
+    "tensorboard_public": board.web_info.unauthenticated,
+    "tensorboard_volumes": {{path: mount.name for path, mount in board.volumes.items()}},
+}}))
+"""
+
+
+def modal_settings(**env: str) -> dict:
+    import json
+
+    clean = {k: v for k, v in __import__("os").environ.items() if not k.startswith("TINYCATS_")}
+    done = subprocess.run([sys.executable, "-c", SETTINGS], capture_output=True, text=True,
+                          timeout=TIMEOUT, cwd=REPO, env=clean | env)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
+
+
+def test_the_modal_server_is_warm_snapshotted_and_behind_proxy_auth_by_default() -> None:
+    assert modal_settings() == {
+        "gpus": [["L4", 1]], "single_use_containers": False,
+        "volumes": {"/outputs": "tinycats-outputs"}, "methods": ["sample", "web"],
+        "max_inputs": 8, "web_public": False, "scaledown_window": 300,
+        "tensorboard_public": False, "tensorboard_volumes": {"/outputs": "tinycats-outputs"},
+    }  # fmt: skip
+
+
+def test_modal_serving_settings_come_from_the_environment() -> None:
+    settings = modal_settings(TINYCATS_SERVE_GPU="T4", TINYCATS_SERVE_WARM_S="60",
+                              TINYCATS_SERVE_PUBLIC="1")  # fmt: skip
+    assert settings["gpus"] == [["T4", 1]] and settings["scaledown_window"] == 60
+    assert settings["web_public"] is True and settings["tensorboard_public"] is True
+    assert modal_settings(TINYCATS_SERVE_GPU="")["gpus"] == []
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [({"TINYCATS_SERVE_WARM_S": "1"}, "outside Modal's warm window of 2 to 3600 s"),
+     ({"TINYCATS_SERVE_GPU": "X100"}, "TINYCATS_SERVE_GPU='X100': Unknown GPU")],
+)  # fmt: skip
+def test_bad_modal_serving_settings_stop_the_import(env, message) -> None:
+    clean = {k: v for k, v in __import__("os").environ.items() if not k.startswith("TINYCATS_")}
+    done = subprocess.run([sys.executable, "-c", SETTINGS], capture_output=True, text=True,
+                          timeout=TIMEOUT, cwd=REPO, env=clean | env)  # fmt: skip
+    assert done.returncode != 0 and message in done.stderr, done.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def remote(runs: Path):
+    """remote.py imported as `modal run` imports it, with the trained runs as the outputs volume."""
+    from importlib.util import module_from_spec, spec_from_file_location
+
+    spec = spec_from_file_location("remote", REPO / "src/tinycats/remote.py")
+    module = module_from_spec(spec)
+    sys.modules["remote"] = module
+    spec.loader.exec_module(module)
+    module.STORAGE = module.Storage(str(runs), str(runs), lambda: None, lambda: None)
+    yield module
+    del sys.modules["remote"]
+
+
+@pytest.mark.filterwarnings("ignore:The Server.* executing locally:UserWarning")
+def test_a_local_request_through_the_modal_app(remote, pets_sample) -> None:
+    from fastapi.testclient import TestClient
+
+    web = TestClient(remote.Server().web.local())
+    runs = {m["kind"]: m["run"] for m in web.get("/api/models").json()["models"]}
+    assert runs == {"classifier": CLASSIFIER_RUN, "dit": DIT_RUN}
+    answer = web.post("/api/classify", files={"file": photo(pets_sample)})
+    assert answer.status_code == 200 and answer.json()["results"][0]["label"] in ("cat", "dog")
+    drawn = web.get("/api/draw", params={"breed": "Bengal", "n": 2, "steps": 2})
+    assert drawn.status_code == 200 and drawn.content.startswith(b"\x89PNG\r\n\x1a\n")
+    assert web.get("/api/draw", params={"breed": "Bengal", "run": "/etc"}).status_code == 400
+
+
+@pytest.mark.filterwarnings("ignore:The Server.* executing locally:UserWarning")
+def test_the_warm_sample_method_answers_like_the_runner(remote, client) -> None:
+    drawn = remote.Server().sample.local(DIT_RUN, "Bengal", 3, 2, 2.0, 7)
+    assert drawn["status"] == "drawn"
+    same = client.get("/api/draw", params={"breed": "Bengal", "n": 3, "steps": 2, "guidance": 2.0,
+                                           "seed": 7})  # fmt: skip
+    assert drawn["png"] == same.content
+    for args, message in (((DIT_RUN, "Tabby", 2, 2, 3.0, 0), "Unknown breed 'Tabby'"),
+                          ((DIT_RUN, "Bengal", 999, 2, 3.0, 0), "--n must be 1 to 16"),
+                          (("../..", "Bengal", 2, 2, 3.0, 0), "outside the runs folder")):  # fmt: skip
+        refused = remote.Server().sample.local(*args)
+        assert refused["status"] == "refused" and message in refused["error"], refused
+
+
+def test_modal_run_sample_uses_the_deployed_server_and_falls_back_to_a_runner(
+    remote, monkeypatch
+) -> None:
+    import modal
+
+    class Deployed:
+        def hydrate(self):
+            return self
+
+        def __call__(self):
+            return "the deployed Server"
+
+    monkeypatch.setattr(modal.Cls, "from_name", lambda app, name: Deployed())
+    assert remote.sampler() == "the deployed Server"
+
+    def missing(app, name):
+        raise modal.exception.NotFoundError(f"App {app} not found")
+
+    monkeypatch.setattr(modal.Cls, "from_name", missing)
+    monkeypatch.setattr(remote, "Runner", lambda: "a fresh Runner")
+    assert remote.sampler() == "a fresh Runner"

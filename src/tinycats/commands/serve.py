@@ -48,8 +48,13 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def load_store(runs_dir: Path, classifier: str, generator: str, limits: Limits) -> ModelStore:
-    """A ModelStore holding the chosen classifier and DiT (loaded now, not at the first request)."""
+def load_store(
+    runs_dir: Path, classifier: str, generator: str, limits: Limits, require_a_run: bool = True
+) -> ModelStore:
+    """A ModelStore holding the chosen classifier and DiT (loaded now, not at the first request).
+
+    ``require_a_run=False`` serves an empty store rather than refusing (a new Modal volume).
+    """
     if not runs_dir.is_dir():
         raise TinyCatsError(f"--runs_dir {runs_dir} is not a folder: pass the --run.outputs "
                             "folder of `tinycats fit` (default: outputs).")  # fmt: skip
@@ -63,7 +68,7 @@ def load_store(runs_dir: Path, classifier: str, generator: str, limits: Limits) 
             log.info(
                 "Serving %s %s (%s, step %d)", kind, loaded.run, loaded.checkpoint, loaded.step
             )
-    if not any(store.default.values()):
+    if require_a_run and not any(store.default.values()):
         raise TinyCatsError(f"No classifier or DiT run to serve in {runs_dir}: train one with "
                             "`tinycats fit -c configs/classifier_sample.yaml` or name one with "
                             "--classifier / --generator.")  # fmt: skip

@@ -85,7 +85,14 @@ class ModelStore:
         self.limits = limits
         self.loaded: dict[str, dict[str, LoadedRun]] = {kind: {} for kind in KINDS}
         self.default: dict[str, str | None] = dict.fromkeys(KINDS)
+        self.device = torch.device("cpu")
         self._loading = threading.Lock()
+
+    def to(self, device: str | torch.device) -> None:
+        """Move every loaded model, and those loaded later, to ``device``."""
+        self.device = torch.device(device)
+        for run in (r for kind in KINDS for r in self.loaded[kind].values()):
+            run.model.to(self.device)
 
     def load_default(self, kind: str, run: str | None) -> LoadedRun | None:
         """Load ``run`` (or, for ``newest``, the newest run of ``kind``) as the kind's default."""
@@ -113,6 +120,7 @@ class ModelStore:
         with self._loading:  # two first requests for one run load it once
             if key not in self.loaded[kind]:
                 self.loaded[kind][key] = _load(kind, path, key)
+                self.loaded[kind][key].model.to(self.device)
         return self.loaded[kind][key]
 
     def confine(self, run: str) -> Path:
@@ -150,7 +158,7 @@ def _load(kind: str, path: Path, name: str) -> LoadedRun:
     except TinyCatsError as err:
         raise BadRequest(422, str(err)) from err
     model.eval().requires_grad_(False)
-    step = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)["global_step"]
+    step = torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"]
     run_dir = path if path.is_dir() else path.parent
     summary = run_dir / "summary.json"
     metrics = json.loads(summary.read_text()).get("metrics", {}) if summary.is_file() else {}
@@ -169,7 +177,8 @@ def _newest_checkpoint(path: Path) -> Path:
 def _load_classifier(checkpoint: Path) -> tuple[CatClassifier, int]:
     """A CatClassifier from its checkpoint, and the image size its data module trained it at."""
     try:
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+        # Not memory-mapped: an open file would block a Modal volume reload.
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
     except Exception as err:  # a truncated zip raises RuntimeError, garbage raises others
         raise BadRequest(422, f"Cannot read checkpoint {checkpoint.name}: {err}") from err
     hparams = saved.get("hyper_parameters") or {}
@@ -217,7 +226,8 @@ def decode_photo(data: bytes, size: int, limits: Limits) -> torch.Tensor:
 def classify(loaded: LoadedRun, photos: list[torch.Tensor]) -> list[dict[str, Any]]:
     """The label, its probability and every class's probability, for each decoded photo."""
     with torch.inference_mode():
-        probabilities = loaded.model(to_unit_range(torch.stack(photos))).softmax(dim=-1)
+        images = to_unit_range(torch.stack(photos).to(loaded.model.device))
+        probabilities = loaded.model(images).softmax(dim=-1).cpu()
     results = []
     for row in probabilities.tolist():
         best = max(range(len(row)), key=row.__getitem__)
@@ -227,15 +237,15 @@ def classify(loaded: LoadedRun, photos: list[torch.Tensor]) -> list[dict[str, An
 
 
 def draw(loaded: LoadedRun, breed: str, n: int, steps: int, guidance: float, seed: int) -> bytes:
-    """A PNG grid of ``n`` cats of ``breed`` (one labelled row), the same bytes for the same seed."""
+    """A PNG grid of ``n`` cats of ``breed`` (a row per breed for ``all``); same seed, same bytes."""
     wanted = breed.replace(" ", "_").lower()
-    matches = [name for name in loaded.classes if name.lower() == wanted]
-    if not matches:
-        raise BadRequest(422, f"Unknown breed {breed!r}. This model knows: "
+    rows = loaded.classes if wanted == "all" else [c for c in loaded.classes if c.lower() == wanted]
+    if not rows:
+        raise BadRequest(422, f"Unknown breed {breed!r}. This model knows: all, "
                          f"{', '.join(loaded.classes)}.")  # fmt: skip
-    labels = torch.full((n,), loaded.classes.index(matches[0]))
+    labels = torch.tensor([loaded.classes.index(row) for row in rows]).repeat_interleave(n)
     with loaded.lock, torch.inference_mode():
         images = loaded.model.generate(labels, seed=seed, steps=steps, cfg_scale=guidance)
     buffer = io.BytesIO()
-    labelled_grid(images, matches).save(buffer, format="PNG")
+    labelled_grid(images, rows).save(buffer, format="PNG")
     return buffer.getvalue()
