@@ -221,6 +221,21 @@ def test_the_command_refuses_what_it_cannot_serve(runs, tmp_path) -> None:
         load_store(tmp_path / "nope", "newest", "newest", Limits())
 
 
+def test_the_command_serves_on_the_loopback_unless_told(runs, monkeypatch) -> None:
+    import uvicorn
+
+    from tinycats.cli import main
+
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.append(kwargs))
+    main(["serve", "--runs_dir", str(runs)])
+    main(["serve", "--runs_dir", str(runs), "--host", "0.0.0.0", "--port", "8080"])
+    assert [(s["host"], s["port"]) for s in served] == [("127.0.0.1", 8000), ("0.0.0.0", 8080)]
+    with pytest.raises(SystemExit) as refused:
+        main(["serve", "--runs_dir", str(runs / "nope")])
+    assert refused.value.code == 2
+
+
 # --- The web page in a real browser (headless Chromium from the OS packages) --------------------
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
