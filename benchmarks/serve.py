@@ -159,10 +159,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=50, help="timed classify requests")
     parser.add_argument("--draws", type=int, default=10, help="timed draw requests")
     parser.add_argument("--requests", type=int, default=100, help="requests per concurrency")
+    parser.add_argument("--runs_dir", type=Path,
+                        help="serve these runs instead of training the demo configs one step")  # fmt: skip
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        outputs = Path(tmp) / "outputs"
-        train_demo_runs(outputs, Path(tmp) / "data")
+        outputs = args.runs_dir or Path(tmp) / "outputs"
+        if not args.runs_dir:
+            train_demo_runs(outputs, Path(tmp) / "data")
         figures = measure(outputs, args.repeats, args.draws, args.requests)
     section = report(figures, args.repeats, args.draws, args.requests)
     print(section)
