@@ -200,6 +200,24 @@ def test_a_classify_request_for_a_run_outside_the_runs_folder_is_refused(client,
         assert "outside the runs folder" in answer.json()["detail"]
 
 
+def test_runs_named_by_requests_load_once_and_the_least_recently_used_is_evicted(runs) -> None:
+    client = client_for(runs, max_runs=2)
+
+    def loaded() -> list[tuple[str, int]]:
+        models = client.get("/api/models").json()["models"]
+        return [(m["checkpoint"], m["step"]) for m in models if m["kind"] == "dit"]
+
+    for checkpoint, expected in (
+        ("step=00000002.ckpt", [("last.ckpt", 4), ("step=00000002.ckpt", 2)]),
+        ("step=00000004.ckpt", [("last.ckpt", 4), ("step=00000004.ckpt", 4)]),  # 2 evicted
+        ("step=00000004.ckpt", [("last.ckpt", 4), ("step=00000004.ckpt", 4)]),  # kept
+    ):
+        answer = client.get("/api/draw", params={"breed": "Bengal", "n": 1, "steps": 1,
+                                                 "run": f"{DIT_RUN}/{checkpoint}"})  # fmt: skip
+        assert answer.status_code == 200 and answer.headers["x-run"] == f"{DIT_RUN}/{checkpoint}"
+        assert loaded() == expected
+
+
 def test_a_model_that_is_not_loaded_is_named(runs, pets_sample) -> None:
     only_dit = client_for(runs, classifier="")
     answer = only_dit.post("/api/classify", files={"file": photo(pets_sample)})

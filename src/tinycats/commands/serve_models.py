@@ -47,6 +47,8 @@ class Limits:
         max_files: the most photos one classify request may carry.
         max_n: the most cats one drawing may hold.
         max_steps: the most ODE steps of one drawing.
+        max_runs: the most runs of each kind kept loaded; requests naming more runs evict the
+            least recently used one that is not a default.
     """
 
     max_upload_bytes: int = 10_000_000
@@ -54,6 +56,7 @@ class Limits:
     max_files: int = 16
     max_n: int = 16
     max_steps: int = 100
+    max_runs: int = 4
 
 
 @dataclass
@@ -117,11 +120,16 @@ class ModelStore:
                                  "or name a run in the request.")  # fmt: skip
         path = self.confine(run)
         key = self._key(path)
+        loaded = self.loaded[kind]
         with self._loading:  # two first requests for one run load it once
-            if key not in self.loaded[kind]:
-                self.loaded[kind][key] = _load(kind, path, key)
-                self.loaded[kind][key].model.to(self.device)
-        return self.loaded[kind][key]
+            if key not in loaded:
+                evictable = [k for k in loaded if k != self.default[kind]]
+                if len(loaded) >= self.limits.max_runs and evictable:
+                    del loaded[evictable[0]]  # the least recently used (order of use, below)
+                loaded[key] = _load(kind, path, key)
+                loaded[key].model.to(self.device)
+            loaded[key] = loaded.pop(key)  # most recently used last
+            return loaded[key]
 
     def confine(self, run: str) -> Path:
         """``run`` as a path inside the runs folder (relative paths are taken from it)."""
@@ -134,7 +142,7 @@ class ModelStore:
         return path
 
     def describe(self) -> list[dict[str, Any]]:
-        """Every loaded run, defaults first."""
+        """Every loaded run, each saying whether it is its kind's default."""
         runs = [r for kind in KINDS for r in self.loaded[kind].values()]
         return [r.describe() | {"default": self.default[r.kind] == r.run} for r in runs]
 
@@ -150,15 +158,18 @@ def _load(kind: str, path: Path, name: str) -> LoadedRun:
             model = load_generator(checkpoint)
             image_size = model.model.image_size
             classes = model.class_labels
+            # Memory-mapped: reads the step, not the weights again (the file closes at once).
+            saved = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+            step = saved.pop("global_step")
+            del saved
         else:
-            model, image_size = _load_classifier(checkpoint)
+            model, image_size, step = _load_classifier(checkpoint)
             classes = list(model.hparams.class_names or map(str, range(model.hparams.num_classes)))
     except BadRequest:
         raise
     except TinyCatsError as err:
         raise BadRequest(422, str(err)) from err
     model.eval().requires_grad_(False)
-    step = torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"]
     run_dir = path if path.is_dir() else path.parent
     summary = run_dir / "summary.json"
     metrics = json.loads(summary.read_text()).get("metrics", {}) if summary.is_file() else {}
@@ -174,8 +185,9 @@ def _newest_checkpoint(path: Path) -> Path:
     return found[0]
 
 
-def _load_classifier(checkpoint: Path) -> tuple[CatClassifier, int]:
-    """A CatClassifier from its checkpoint, and the image size its data module trained it at."""
+def _load_classifier(checkpoint: Path) -> tuple[CatClassifier, int, int]:
+    """A CatClassifier from its checkpoint, the image size its data module trained it at, and
+    its global step."""
     try:
         # Not memory-mapped: an open file would block a Modal volume reload.
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
@@ -191,7 +203,7 @@ def _load_classifier(checkpoint: Path) -> tuple[CatClassifier, int]:
     kwargs = {k: v for k, v in hparams.items() if not k.startswith("_")} | {"weights": None}
     model = CatClassifier(**kwargs)
     model.load_state_dict(saved["state_dict"])
-    return model, int(image_size)
+    return model, int(image_size), saved["global_step"]
 
 
 def decode_photo(data: bytes, size: int, limits: Limits) -> torch.Tensor:
