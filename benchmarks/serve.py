@@ -11,6 +11,7 @@ clients.
 """
 
 import argparse
+import os
 import socket
 import statistics
 import subprocess
@@ -94,7 +95,7 @@ def measure(outputs: Path, repeats: int, draws: int, requests: int) -> dict:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    return {"healthy": healthy, "first": first, "classify": percentiles(classify_times),
+    return {"load": os.getloadavg()[0], "healthy": healthy, "first": first, "classify": percentiles(classify_times),
             "draw": percentiles(draw_times), "throughput": throughput}  # fmt: skip
 
 
@@ -133,8 +134,10 @@ def report(figures: dict, repeats: int, draws: int, requests: int) -> str:
     )
     return (
         f"{HEADING}\n\n`python -m benchmarks.serve`: `tinycats serve` in its own process on this "
-        f"machine's CPU, over HTTP on the loopback; warm latency over {repeats} classify and "
-        f"{draws} draw requests, requests/s over {requests} classify requests.\n\n"
+        f"machine's CPU ({os.cpu_count()} cores, load average {figures['load']:.1f} when it "
+        f"started: other jobs shared the cores), over HTTP on the loopback; warm latency over "
+        f"{repeats} classify and {draws} draw requests, requests/s over {requests} classify "
+        "requests.\n\n"
         f"{latency}\n\n{start}\n\n{rates}\n"
     )
 
