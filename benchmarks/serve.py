@@ -142,6 +142,16 @@ def report(figures: dict, repeats: int, draws: int, requests: int) -> str:
     )
 
 
+def section_of(path: Path) -> str:
+    """The serving section a results file holds (with a blank line before it), or nothing."""
+    text = path.read_text() if path.exists() else ""
+    if HEADING not in text:
+        return ""
+    rest = text[text.index(HEADING) :]
+    end = rest.find("\n## ", 1)
+    return "\n" + (rest if end < 0 else rest[: end + 1])
+
+
 def write_section(path: Path, section: str) -> None:
     """Replace (or add) the serving section of the results file."""
     text = path.read_text() if path.exists() else ""
