@@ -476,3 +476,33 @@ def test_modal_run_sample_uses_the_deployed_server_and_falls_back_to_a_runner(
     monkeypatch.setattr(modal.Cls, "from_name", missing)
     monkeypatch.setattr(remote, "Runner", lambda: "a fresh Runner")
     assert remote.sampler() == "a fresh Runner"
+
+
+def test_modal_deploy_resolves_the_app_and_stops_only_at_the_missing_token(tmp_path) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MODAL_", "TINYCATS_"))} | {"HOME": str(tmp_path)}  # fmt: skip
+    modal = str(Path(sys.executable).parent / "modal")
+    done = subprocess.run([modal, "deploy", "src/tinycats/remote.py"], capture_output=True,
+                          text=True, timeout=TIMEOUT, cwd=REPO, env=env)  # fmt: skip
+    assert done.returncode != 0
+    assert "Token missing" in done.stdout + done.stderr, (done.stdout + done.stderr)[-2000:]
+
+
+# --- The benchmark's report section ----------------------------------------------------------
+
+
+def test_the_serving_section_replaces_its_old_self_and_survives_the_suite(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(REPO))
+    from benchmarks.serve import section_of, write_section
+
+    results = tmp_path / "results.md"
+    results.write_text("# Benchmarks\n\n## Summary\n\nsuite\n")
+    write_section(results, "## Serving\n\nfirst\n")
+    write_section(results, "## Serving\n\nsecond\n")
+    assert results.read_text() == "# Benchmarks\n\n## Summary\n\nsuite\n\n## Serving\n\nsecond\n"
+    # The suite rewrites the file and appends what section_of kept.
+    results.write_text("# Benchmarks\n\n## Summary\n\nnew suite\n" + section_of(results))
+    assert results.read_text().endswith("new suite\n\n## Serving\n\nsecond\n")
+    assert section_of(tmp_path / "absent.md") == ""
