@@ -40,12 +40,13 @@ def build_app(store: ModelStore) -> FastAPI:
         problems = [f"{e['loc'][-1]}: {e['msg']}" for e in err.errors()]
         return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
 
+    # A body over the limit is refused by FastAPI's route limit (max_body_size below), also
+    # when it streams without a length; this refuses a declared length first, with the numbers.
+    allowed = limits.max_files * limits.max_upload_bytes + MULTIPART_OVERHEAD
+
     @app.middleware("http")
     async def refuse_big_bodies(request: Request, call_next):
-        # Refused from the header, before the body is read; a body without a length (chunked)
-        # is still checked after reading, file by file.
         declared = request.headers.get("content-length", "")
-        allowed = limits.max_files * limits.max_upload_bytes + MULTIPART_OVERHEAD
         if declared.isdigit() and int(declared) > allowed:
             return JSONResponse({"detail": f"The request has {declared} bytes; the limit is "
                                  f"{allowed}."}, status_code=413)  # fmt: skip
@@ -63,7 +64,7 @@ def build_app(store: ModelStore) -> FastAPI:
     def models() -> dict[str, Any]:
         return {"runs_root": str(store.runs_root), "models": store.describe()}
 
-    @app.post("/api/classify")
+    @app.post("/api/classify", max_body_size=allowed)
     async def classify_photos(
         file: Annotated[list[UploadFile], File(description="one or more photos")],
         run: Annotated[str | None, Query(description="a classifier run; default: the loaded one")] = None,
