@@ -19,7 +19,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from benchmarks import checkpoint, cold_start, data_pipeline, step_split, throughput
+from benchmarks import checkpoint, cold_start, data_pipeline, serve, step_split, throughput
 from benchmarks.harness import REPO, markdown_table, prepare, training_device
 
 SUMMARY_NOTES = """\
@@ -76,7 +76,7 @@ def main() -> None:
     report = "\n\n".join(sections) + "\n"
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report)
+    args.out.write_text(report + serve.section_of(args.out))  # measured apart: kept as it was
     print(f"Written to {args.out}")
 
 

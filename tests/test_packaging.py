@@ -29,7 +29,9 @@ def test_every_runtime_dependency_is_pinned_within_its_range() -> None:
     pins = modal_pins()
     needed = [
         Requirement(r)
-        for r in project()["dependencies"] + project()["optional-dependencies"]["fid"]
+        for r in project()["dependencies"]
+        + project()["optional-dependencies"]["fid"]
+        + project()["optional-dependencies"]["serve"]
     ]
     for requirement in needed:
         name = canonicalize_name(requirement.name)

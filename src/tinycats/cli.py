@@ -11,8 +11,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from tinycats.commands.predict import PrintPredictions
@@ -40,6 +41,7 @@ Train and use the tinycats models from one YAML config:
   tinycats sample --help                          draw cats with a trained TinyDiT
   tinycats evaluate --help                        FID/KID per breed, guidance sweep, memorisation
   tinycats export --help                          ONNX (and int8) for the classifier and the DiT
+  tinycats serve --help                           a web page and JSON API over trained runs
 """
 
 # Commands beside LightningCLI's: name → module with ``main(argv)``.
@@ -49,6 +51,7 @@ TOOLS = {
     "evaluate": "tinycats.commands.evaluate",
     "evaluate-generator": "tinycats.commands.evaluate",  # the earlier name, still accepted
     "export": "tinycats.commands.export",
+    "serve": "tinycats.commands.serve",
 }
 
 EXIT_FAILED = 1  # a failure that may not happen again (the network): run the command again
@@ -130,20 +133,26 @@ class TinyCatsCLI(LightningCLI):
         self.datamodule.commit = self.commit_data
         config = self.config_init[self.subcommand]
         self.checkpoints = build_checkpoints(config.checkpoint, self.run.path, self.commit_outputs)
-        extra = [PrintPredictions()] if self.subcommand == "predict" else []
+        extra = {"predict": [PrintPredictions()], "fit": [LearningRateMonitor()]}
         self.deadline = AttemptDeadline(config.get("stop_at") or float("inf"))
         if self.subcommand == "fit":
-            extra.append(self.deadline)
+            extra["fit"].append(self.deadline)
         allow_tf32(config.tf32)
+        # fit logs into the run directory; validate/test/predict into their own folder, so
+        # they never rewrite the training history. CSV first: it is trainer.log_dir.
+        version = "" if self.subcommand == "fit" else self.subcommand
         return super().instantiate_trainer(
             precision=auto_precision(config.trainer.precision),
             default_root_dir=str(self.run.path),
-            # fit logs into the run directory; validate/test/predict into their own folder, so
-            # they never rewrite the training history.
-            logger=CSVLogger(
-                self.run.path, name="", version="" if self.subcommand == "fit" else self.subcommand
-            ),
-            callbacks=[*(config.trainer.callbacks or []), *self.checkpoints, *extra],
+            logger=[
+                CSVLogger(self.run.path, name="", version=version),
+                TensorBoardLogger(self.run.path, name="", version=version, default_hp_metric=False),
+            ],
+            callbacks=[
+                *(config.trainer.callbacks or []),
+                *self.checkpoints,
+                *extra.get(self.subcommand, []),
+            ],
             **kwargs,
         )
 

@@ -470,8 +470,138 @@ def sample(run: str, breed: str = "all", n: int = 8, steps: int = 50, cfg: float
     if Path(run).is_absolute() or ".." in Path(run).parts:
         raise SystemExit(f"tinycats: --run {run} must be a path inside the {OUTPUTS_VOLUME} "
                          "volume, e.g. checkpoints/dit/2026-01-31/cats.")  # fmt: skip
-    drawn = Runner().sample.remote(run, breed, n, steps, cfg, seed)
+    drawn = sampler().sample.remote(run, breed, n, steps, cfg, seed)
     if drawn["status"] != "drawn":
         raise SystemExit(f"tinycats: {drawn['error']}")
     Path(out).write_bytes(drawn["png"])
     print(f"Saved the samples of {run} to {out}")
+
+
+# ## Serving: `tinycats serve` deployed, and TensorBoard over the outputs volume
+#
+#     modal deploy src/tinycats/remote.py      then open the URLs it prints (Modal login needed)
+#
+# `Server` is the web page and JSON API of `tinycats serve`, answering from the runs on the
+# outputs volume. Unlike `Runner` it is not single-use: a container stays warm for
+# TINYCATS_SERVE_WARM_S seconds after its last request and answers the next one at once. Its
+# cold start is cut by a memory snapshot: the imports and the CPU-side model loading run once,
+# at deploy time, in `@modal.enter(snap=True)`; a new container is restored from that memory and
+# only moves the models to its GPU. Web endpoints ask for Modal's proxy-auth headers (a workspace
+# token); TINYCATS_SERVE_PUBLIC=1 makes them public, deliberately.
+
+SERVE_GPU = os.environ.get("TINYCATS_SERVE_GPU", "L4").strip()  # empty: CPU only
+SERVE_WARM_S = launch.whole_number_from_env("TINYCATS_SERVE_WARM_S", 5 * 60)
+SERVE_PUBLIC = os.environ.get("TINYCATS_SERVE_PUBLIC", "").strip() == "1"
+# Runs on the outputs volume (relative to it), or "newest" for the newest run of the model.
+SERVE_CLASSIFIER = os.environ.get("TINYCATS_SERVE_CLASSIFIER", "newest").strip()
+SERVE_GENERATOR = os.environ.get("TINYCATS_SERVE_GENERATOR", "newest").strip()
+MAX_SCALEDOWN_S = 60 * 60  # the longest warm window the Modal client accepts
+try:
+    launch.validate_launch_settings(SERVE_GPU or "T4", TIMEOUT_S, RETRIES)
+except LaunchError as err:
+    raise LaunchError(f"TINYCATS_SERVE_GPU={SERVE_GPU!r}: {err}") from None
+if not 2 <= SERVE_WARM_S <= MAX_SCALEDOWN_S:
+    raise LaunchError(
+        f"TINYCATS_SERVE_WARM_S={SERVE_WARM_S} is outside Modal's warm window of 2 to "
+        f"{MAX_SCALEDOWN_S} s: set seconds in that range, e.g. 300."
+    )
+
+
+@app.cls(
+    gpu=SERVE_GPU or None,
+    volumes={STORAGE.outputs: outputs_volume},
+    scaledown_window=SERVE_WARM_S,
+    enable_memory_snapshot=True,
+    timeout=10 * 60,
+    env={
+        "TINYCATS_SERVE_GPU": SERVE_GPU,
+        "TINYCATS_SERVE_WARM_S": str(SERVE_WARM_S),
+        "TINYCATS_SERVE_PUBLIC": "1" if SERVE_PUBLIC else "",
+        "TINYCATS_SERVE_CLASSIFIER": SERVE_CLASSIFIER,
+        "TINYCATS_SERVE_GENERATOR": SERVE_GENERATOR,
+        "TINYCATS_OUTPUTS_VOLUME": OUTPUTS_VOLUME,
+    },
+)
+@modal.concurrent(max_inputs=8)  # requests share the loaded models; drawings queue per model
+class Server:
+    """The web page and API of `tinycats serve`, and a warm `sample` for `modal run ...::sample`."""
+
+    @modal.enter(snap=True)
+    def load(self) -> None:
+        """Import torch and load the runs into CPU memory: this is what the snapshot keeps."""
+        from tinycats.cli import show_logs
+        from tinycats.commands.serve import load_store
+        from tinycats.commands.serve_models import Limits
+
+        show_logs()
+        self.store = load_store(Path(STORAGE.outputs), SERVE_CLASSIFIER, SERVE_GENERATOR,
+                                Limits(), require_a_run=False)  # fmt: skip
+
+    @modal.enter(snap=False)
+    def start(self) -> None:
+        """After a restore: see the volume's newest commits and move the models to the GPU."""
+        import torch
+
+        if not modal.is_local():  # no volumes are mounted in a `.local()` call (the tests)
+            outputs_volume.reload()
+        for kind, run in (("classifier", SERVE_CLASSIFIER), ("dit", SERVE_GENERATOR)):
+            self.store.load_default(kind, run)  # "newest" may be a run trained since the snapshot
+        self.store.to("cuda" if torch.cuda.is_available() else "cpu")
+
+    @modal.method()
+    def sample(self, run: str, breed: str = "all", n: int = 8, steps: int = 50,
+               cfg: float = 3.0, seed: int = 0) -> dict:  # fmt: skip
+        """`Runner.sample` from a warm container: ``status: drawn`` with the PNG, or ``refused``."""
+        from tinycats.commands.serve_models import BadRequest, draw
+
+        limits = self.store.limits
+        if not (1 <= n <= limits.max_n and 1 <= steps <= limits.max_steps):
+            return _refuse(f"--n must be 1 to {limits.max_n} and --steps 1 to {limits.max_steps}.")
+        try:
+            return {"status": "drawn",
+                    "png": draw(self.store.get("dit", run), breed, n, steps, cfg, seed)}  # fmt: skip
+        except BadRequest as err:
+            return _refuse(str(err))
+
+    @modal.asgi_app(requires_proxy_auth=not SERVE_PUBLIC)
+    def web(self) -> Any:
+        """The FastAPI app of `tinycats serve` over this container's loaded runs."""
+        from tinycats.commands.serve_api import build_app
+
+        return build_app(self.store)
+
+
+def sampler() -> Any:
+    """The deployed `Server` when `modal deploy` has run (warm, snapshotted), else a `Runner`."""
+    try:
+        deployed = modal.Cls.from_name(app.name, "Server")
+        deployed.hydrate()
+    except (modal.exception.NotFoundError, modal.exception.AuthError):
+        return Runner()  # not deployed (or no token: the Runner call then says so)
+    return deployed()
+
+
+@app.function(volumes={STORAGE.outputs: outputs_volume}, scaledown_window=SERVE_WARM_S)
+@modal.concurrent(max_inputs=100)
+@modal.wsgi_app(requires_proxy_auth=not SERVE_PUBLIC)
+def tensorboard() -> Any:
+    """TensorBoard over every run on the outputs volume (the events each run writes beside its
+    metrics.csv), as modal-examples serve it; opening the page shows the newest commits."""
+    from tensorboard import program
+    from tensorboard.backend.application import TensorBoardWSGIApp
+
+    board = program.TensorBoard()
+    board.configure(logdir=STORAGE.outputs)
+    data_provider, multiplexer = board._make_data_provider()
+    inner = TensorBoardWSGIApp(board.flags, board.plugin_loaders, data_provider,
+                               board.assets_zip_provider, multiplexer)  # fmt: skip
+
+    def reloading(environ: dict, start_response: Callable) -> Any:
+        if environ.get("PATH_INFO") == "/" and not modal.is_local():
+            try:  # fails while TensorBoard has an events file open; the next visit retries
+                outputs_volume.reload()
+            except Exception as err:
+                print(f"tensorboard: volume not reloaded ({err}); showing what it had")
+        return inner(environ, start_response)
+
+    return reloading

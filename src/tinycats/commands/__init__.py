@@ -1,3 +1,3 @@
-"""The commands beside LightningCLI's: ``sample``, ``evaluate``, ``export``, and what
-``predict`` prints. Only ``tinycats.cli`` (and the Modal shell) import them; no command imports
-another."""
+"""The commands beside LightningCLI's: ``sample``, ``evaluate``, ``export``, ``serve``, and what
+``predict`` prints. Each is a module with ``main(argv)`` listed in ``cli.TOOLS``; only
+``tinycats.cli`` (and the Modal shell) import them, and no command imports another."""

@@ -6,7 +6,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
+from torchvision.transforms.v2.functional import pil_to_tensor
 
 from tinycats.errors import TinyCatsError
 from tinycats.models.ema import GeneratorEMA
@@ -213,7 +215,10 @@ class DiTGenerator(L.LightningModule):
             labels, seed=self.hparams.seed, steps=self.hparams.sample_steps,
             cfg_scale=self.hparams.sample_cfg_scale,
         )  # fmt: skip
-        save_labelled_grid(images, self.class_labels, path)
+        grid = save_labelled_grid(images, self.class_labels, path)
+        for logger in self.loggers:  # TensorBoard shows each grid at its step, beside the PNGs
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("samples", pil_to_tensor(grid), self.global_step)
 
 
 def _to_signed_range(images: Tensor) -> Tensor:

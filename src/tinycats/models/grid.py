@@ -14,8 +14,16 @@ from tinycats.atomic import write_atomically
 PADDING = 2  # pixels between images and around the grid
 
 
-def save_labelled_grid(images: Tensor, row_labels: Sequence[str], path: Path) -> None:
-    """Save images (N, C, H, W) in [0, 1] as a PNG of ``len(row_labels)`` labelled rows."""
+def save_labelled_grid(images: Tensor, row_labels: Sequence[str], path: Path) -> Image.Image:
+    """Save images (N, C, H, W) in [0, 1] as a PNG of labelled rows; returns the picture."""
+    canvas = labelled_grid(images, row_labels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, lambda partial: canvas.save(partial, format="PNG"))
+    return canvas
+
+
+def labelled_grid(images: Tensor, row_labels: Sequence[str]) -> Image.Image:
+    """Images (N, C, H, W) in [0, 1] as one picture of ``len(row_labels)`` labelled rows."""
     rows = len(row_labels)
     if rows == 0 or images.shape[0] % rows:
         raise ValueError(f"cannot lay {images.shape[0]} images out in {rows} equal rows")
@@ -33,5 +41,4 @@ def save_labelled_grid(images: Tensor, row_labels: Sequence[str], path: Path) ->
     for row, label in enumerate(row_labels):
         middle = PADDING + row * (image_height + PADDING) + image_height / 2
         draw.text((PADDING, middle), label, fill="black", font=font, anchor="lm")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, lambda partial: canvas.save(partial, format="PNG"))
+    return canvas

@@ -1,0 +1,102 @@
+"""The HTTP face of ``tinycats serve``: a JSON API and one web page, as a FastAPI (ASGI) app.
+
+    GET  /                the web page (serve_page.html)
+    GET  /api/health      {"status": "ok"}
+    GET  /api/models      the loaded runs: kind, run, checkpoint, step, metrics, classes
+    POST /api/classify    photos as multipart ``file`` fields → a label and probabilities each
+    GET  /api/draw        breed, n, steps, guidance, seed (, run) → a PNG grid
+
+Every refusal is a 4xx with ``{"detail": message}``; no request can stop the server.
+"""
+
+from importlib.resources import files
+from typing import Annotated, Any
+
+from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from tinycats.commands.serve_models import BadRequest, ModelStore, classify, decode_photo, draw
+
+PAGE = "serve_page.html"
+# Multipart framing around a photo (boundaries, headers): allowed on top of the byte limit.
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+def build_app(store: ModelStore) -> FastAPI:
+    """The app answering from the runs in ``store``."""
+    limits = store.limits
+    app = FastAPI(title="tinycats", summary="Classify cat photos and draw cats with trained runs.")
+    page = files("tinycats.commands").joinpath(PAGE).read_text()
+
+    @app.exception_handler(BadRequest)
+    async def refused(request: Request, err: BadRequest) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        # One readable sentence per problem ("n: Input should be less than or equal to 16").
+        problems = [f"{e['loc'][-1]}: {e['msg']}" for e in err.errors()]
+        return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+
+    # A body over the limit is refused by FastAPI's route limit (max_body_size below), also
+    # when it streams without a length; this refuses a declared length first, with the numbers.
+    allowed = limits.max_files * limits.max_upload_bytes + MULTIPART_OVERHEAD
+
+    @app.middleware("http")
+    async def refuse_big_bodies(request: Request, call_next):
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > allowed:
+            return JSONResponse({"detail": f"The request has {declared} bytes; the limit is "
+                                 f"{allowed}."}, status_code=413)  # fmt: skip
+        return await call_next(request)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> str:
+        return page
+
+    @app.get("/api/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/api/models")
+    def models() -> dict[str, Any]:
+        return {"runs_root": str(store.runs_root), "models": store.describe()}
+
+    @app.post("/api/classify", max_body_size=allowed)
+    async def classify_photos(
+        file: Annotated[list[UploadFile], File(description="one or more photos")],
+        run: Annotated[str | None, Query(description="a classifier run; default: the loaded one")] = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        if len(file) > limits.max_files:
+            raise BadRequest(413, f"{len(file)} photos in one request; the limit is "
+                             f"{limits.max_files}.")  # fmt: skip
+        loaded = await run_in_threadpool(store.get, "classifier", run)
+        photos = []
+        for upload in file:
+            data = await upload.read(limits.max_upload_bytes + 1)
+            try:
+                photos.append(decode_photo(data, loaded.image_size, limits))
+            except BadRequest as err:
+                raise BadRequest(err.status, f"{upload.filename}: {err}") from None
+        results = await run_in_threadpool(classify, loaded, photos)
+        named = [{"filename": u.filename} | r for u, r in zip(file, results, strict=True)]
+        return {"run": loaded.run, "step": loaded.step, "results": named}
+
+    @app.get("/api/draw", response_class=Response,
+             responses={200: {"content": {"image/png": {}}}})  # fmt: skip
+    def draw_cats(
+        breed: Annotated[str, Query(description="a breed the DiT knows, e.g. Bengal")],
+        n: Annotated[int, Query(ge=1, le=limits.max_n)] = 8,
+        steps: Annotated[int, Query(ge=1, le=limits.max_steps)] = 25,
+        guidance: Annotated[float, Query(ge=0, le=20)] = 3.0,
+        seed: Annotated[int, Query(ge=0, lt=2**63)] = 0,
+        run: Annotated[str | None, Query(description="a DiT run; default: the loaded one")] = None,
+    ) -> Response:
+        loaded = store.get("dit", run)
+        png = draw(loaded, breed, n, steps, guidance, seed)
+        return Response(png, media_type="image/png",
+                        headers={"X-Run": loaded.run, "X-Step": str(loaded.step)})  # fmt: skip
+
+    return app
