@@ -115,6 +115,18 @@ def test_output_is_exactly_zero_at_init():
     assert torch.count_nonzero(out) == 0
 
 
+def test_every_block_starts_as_the_identity():
+    model = TinyDiT(**TINY_DIT, image_size=TINY_SIZE)
+    x, t, y = _inputs(model, batch=3)
+    tokens = model.patch_embed(x).flatten(2).transpose(1, 2) + model.pos_embed
+    c = model.t_embedder(t) + model.label_embedder(y)
+    assert c.abs().sum() > 0  # a real conditioning: only the zero gates can silence the block
+    for i, block in enumerate(model.blocks):
+        assert torch.equal(block(tokens, c), tokens), f"block {i} is not the identity at init"
+        gates = block.modulation(c).chunk(6, dim=1)[2::3]
+        assert all(torch.count_nonzero(gate) == 0 for gate in gates), f"block {i} gates"
+
+
 def test_zero_init_still_trains_the_output_layer():
     model = TinyDiT(**TINY_DIT, image_size=TINY_SIZE)
     x, t, y = _inputs(model, batch=2)
