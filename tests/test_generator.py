@@ -101,6 +101,7 @@ def test_training_inputs_are_the_data_or_its_mirror(flip: bool):
         assert same.all()
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 def test_training_draws_its_times_from_the_logit_normal_schedule(monkeypatch):
     model = DiTGenerator(num_classes=3, **TINY_DIT, image_size=SIZE)
     seen: list[torch.Tensor] = []
@@ -137,6 +138,7 @@ def test_validation_loss_is_fixed_and_starts_at_the_zero_predictor_baseline(tmp_
     assert first == pytest.approx(1 + x0.pow(2).mean().item(), rel=0.03)
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 def test_validation_sees_the_batch_as_it_is_without_augmentation(monkeypatch):
     model = DiTGenerator(num_classes=3, **TINY_DIT, image_size=SIZE, flip=True, label_dropout=0.5)
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []

@@ -1,0 +1,25 @@
+"""CatClassifier: what its network sees in validation."""
+
+import pytest
+import torch
+
+from tinycats.models import CatClassifier
+from tinycats.models.classifier import IMAGENET_MEAN, IMAGENET_STD
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_validation_sees_the_batch_only_scaled_and_normalised(monkeypatch) -> None:
+    model = CatClassifier(num_classes=2, backbone="mobilenet_v3_small", augment=True).eval()
+    seen: list[torch.Tensor] = []
+
+    def network(images: torch.Tensor) -> torch.Tensor:
+        seen.append(images.clone())
+        return torch.zeros(images.shape[0], 2)
+
+    monkeypatch.setattr(model.net, "forward", network)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (8, 3, 24, 24), dtype=torch.uint8, generator=g)
+    model.validation_step((images, torch.randint(0, 2, (8,), generator=g)), 0)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    (network_input,) = seen
+    torch.testing.assert_close(network_input, (images.float() / 255 - mean) / std)
