@@ -15,6 +15,7 @@ from tinycats.data.images import UnreadableImage, load_square
 from tinycats.data.split import stratified_split
 from tinycats.errors import TinyCatsError
 
+from helpers.folders import distinct_image_folder
 from helpers.photos import make_broken_images
 
 
@@ -58,6 +59,22 @@ def test_split_is_stratified_seeded_and_disjoint() -> None:
     assert stratified_split(targets, (0.8, 0.1, 0.1), seed=4) != (train, val, test)
     with pytest.raises(ValueError, match="sum"):
         stratified_split(targets, (0.8, 0.3, 0.1), seed=0)
+
+
+def test_split_seed_sets_the_split_and_the_training_order(tmp_path: Path) -> None:
+    source = distinct_image_folder(tmp_path / "images", classes=2, per_class=20)
+
+    def loaded(seed: int, split: tuple[float, float, float]) -> PetsDataModule:
+        data = PetsDataModule(root=str(tmp_path / "data"), source=str(source), labels="folder",
+                              image_size=8, batch_size=8, split=split, split_seed=seed)  # fmt: skip
+        data.setup("fit")
+        return data
+
+    val = [loaded(seed, (0.6, 0.2, 0.2)).datasets["val"].tensors[0] for seed in (1, 1, 2)]
+    assert torch.equal(val[0], val[1]) and not torch.equal(val[0], val[2])
+    # Everything in training: the same images, in an order that only the seed changes.
+    first = [next(iter(loaded(seed, (1.0, 0.0, 0.0)).train_dataloader()))[0] for seed in (1, 1, 2)]
+    assert torch.equal(first[0], first[1]) and not torch.equal(first[0], first[2])
 
 
 def test_every_kind_of_bad_file_is_converted_or_rejected(tmp_path: Path) -> None:
