@@ -1,6 +1,7 @@
 """The data path: catalog, split, decoding, the uint8 cache and the data module."""
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -134,6 +135,22 @@ def test_cache_is_reused_and_rebuilt_when_resolution_or_files_change(
     load_or_build_cache(photos[:2], 16, tmp_path)
     assert len(decoded) == 5
     assert len(list(tmp_path.glob("*.pt"))) == 3 and not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_cache_is_rebuilt_when_a_photo_is_replaced_by_one_of_the_same_size(
+    tmp_path: Path,
+) -> None:
+    photo = tmp_path / "Bengal_1.bmp"  # uncompressed: every 8 px image has the same file size
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(photo)
+    stat = photo.stat()
+    red = load_or_build_cache([photo], 8, tmp_path / "cache").images
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(photo)
+    # The worst case, set rather than left to the clock: a copy that keeps the time stamp, or a
+    # replacement within one tick of a coarse file-system clock.
+    os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert photo.stat().st_size == stat.st_size and photo.stat().st_mtime_ns == stat.st_mtime_ns
+    blue = load_or_build_cache([photo], 8, tmp_path / "cache").images
+    assert red[0, :, 0, 0].tolist() == [255, 0, 0] and blue[0, :, 0, 0].tolist() == [0, 0, 255]
 
 
 def test_datamodule_downloads_caches_and_splits(
