@@ -375,6 +375,52 @@ def test_sample_draws_a_png_from_a_trained_dit(remote, storage, pets_sample) -> 
     assert refused["status"] == "refused" and "Unknown breed 'Tabby'" in refused["error"]
 
 
+class FakeTrainingChild:
+    """Stands in for the ``python -m tinycats fit`` subprocess: when waited for, it writes what a
+    run writes last (last.ckpt, then summary.json) and exits with ``returncode``."""
+
+    returncode = 0
+    commands: list[list[str]] = []
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        self.commands.append(command)
+        self.args = dict(zip(command, command[1:], strict=False))
+
+    def wait(self, timeout: float | None = None) -> int:
+        run = Path(self.args["--run.outputs"]) / "checkpoints/classifier"
+        run = run / self.args["--run.date"] / self.args["--run.name"]
+        run.mkdir(parents=True)
+        (run / "last.ckpt").write_bytes(b"weights")
+        if self.returncode == 0:
+            (run / "summary.json").write_text(json.dumps({"status": "finished", "global_step": 8}))
+        return self.returncode
+
+
+@pytest.mark.parametrize("returncode", [0, 1])
+def test_several_gpus_commit_both_volumes_once_the_subprocess_has_ended(
+    remote, storage, monkeypatch, returncode: int
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(FakeTrainingChild, "returncode", returncode)
+    monkeypatch.setattr(FakeTrainingChild, "commands", [])
+    monkeypatch.setattr(remote.subprocess, "Popen", FakeTrainingChild)
+    fit = remote.Runner().fit.local
+    if returncode:
+        with pytest.raises(RuntimeError, match="exited with status 1"):
+            fit(CLASSIFIER_TINY.read_text(), [], "tiny", RUN_DATE)
+    else:
+        assert fit(CLASSIFIER_TINY.read_text(), [], "tiny", RUN_DATE)["global_step"] == 8
+    (command,) = FakeTrainingChild.commands
+    assert command[1:4] == ["-m", "tinycats", "fit"]
+    prefix = f"checkpoints/classifier/{RUN_DATE}/tiny/"
+    written = {prefix + "last.ckpt"} | ({prefix + "summary.json"} if returncode == 0 else set())
+    # One commit of each volume, after the child ended (whatever its status): all it wrote is in.
+    assert storage.commits.outputs.snapshots == [written]
+    assert len(storage.commits.data.snapshots) == 1
+
+
 @pytest.mark.slow
 def test_several_gpus_train_in_a_subprocess_and_commit_when_it_ends(
     remote, storage, pets_sample, monkeypatch
