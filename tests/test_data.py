@@ -13,6 +13,7 @@ from tinycats.data import PetsDataModule
 from tinycats.data.cache import load_or_build_cache
 from tinycats.data.catalog import CAT_BREEDS, build_catalog
 from tinycats.data.images import UnreadableImage, load_square
+from tinycats.data.sampler import EpochBatches
 from tinycats.data.split import stratified_split
 from tinycats.errors import TinyCatsError
 
@@ -76,6 +77,19 @@ def test_split_seed_sets_the_split_and_the_training_order(tmp_path: Path) -> Non
     # Everything in training: the same images, in an order that only the seed changes.
     first = [next(iter(loaded(seed, (1.0, 0.0, 0.0)).train_dataloader()))[0] for seed in (1, 1, 2)]
     assert torch.equal(first[0], first[1]) and not torch.equal(first[0], first[2])
+
+
+def test_epoch_batches_reshuffle_each_epoch_and_repeat_for_the_same_epoch() -> None:
+    batches = EpochBatches(size=50, batch_size=8, seed=3, shuffle=True)
+    orders = {}
+    for epoch in (0, 1, 0):
+        batches.set_epoch(epoch)
+        order = [i for batch in batches for i in batch]
+        assert sorted(order) == list(range(50)) and len(list(batches)) == len(batches) == 7
+        assert orders.setdefault(epoch, order) == order  # the same epoch: the same order
+    assert orders[0] != orders[1] and orders[0] != list(range(50))
+    unshuffled = EpochBatches(size=50, batch_size=8, seed=3, shuffle=False)
+    assert [i for batch in unshuffled for i in batch] == list(range(50))
 
 
 def test_every_kind_of_bad_file_is_converted_or_rejected(tmp_path: Path) -> None:
