@@ -143,6 +143,17 @@ def test_initialize_weights_restores_zero_output():
     assert torch.count_nonzero(model(*inputs)) == 0
 
 
+def test_time_features_vary_across_the_unit_interval():
+    # The sinusoid periods span 1 to 10000 steps; times in [0, 1] are scaled to 1000 steps so
+    # that most features change between t = 0 and t = 1, not only the fastest few.
+    model = TinyDiT(**TINY_DIT, image_size=TINY_SIZE)
+    features: list[torch.Tensor] = []
+    model.t_embedder.mlp[0].register_forward_hook(lambda m, inputs, out: features.append(inputs[0]))
+    model.t_embedder(torch.linspace(0, 1, 21))
+    spread = features[0].max(0).values - features[0].min(0).values
+    assert (spread > 1).float().mean() > 0.5
+
+
 # ---- labels ----------------------------------------------------------------------------------
 
 

@@ -102,18 +102,20 @@ def test_training_inputs_are_the_data_or_its_mirror(flip: bool):
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
-def test_training_draws_its_times_from_the_logit_normal_schedule(monkeypatch):
-    model = DiTGenerator(num_classes=3, **TINY_DIT, image_size=SIZE)
-    seen: list[torch.Tensor] = []
+def test_training_draws_logit_normal_times_and_nulls_labels_at_the_dropout_rate(monkeypatch):
+    model = DiTGenerator(num_classes=3, **TINY_DIT, image_size=SIZE, label_dropout=0.25)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def velocity(x, t, y):  # stands in for the network: records the times, predicts nothing
-        seen.append(t.detach().clone())
+    def velocity(x, t, y):  # stands in for the network: records times and labels
+        seen.append((t.detach().clone(), y.clone()))
         return torch.zeros_like(x)
 
     monkeypatch.setattr(model.model, "forward", velocity)
     batch = torch.zeros(4096, 3, SIZE, SIZE, dtype=torch.uint8), torch.zeros(4096, dtype=torch.long)
     model.training_step(batch, 0)  # the draws come from the step generator: always the same
-    (t,) = seen
+    ((t, y),) = seen
+    nulled = (y == model.model.null_class).float().mean().item()
+    assert set(y.tolist()) == {0, 3} and abs(nulled - 0.25) < 0.03
     assert t.shape == (4096,) and 0 < t.min() and t.max() < 1
     # logit(t) of a logit-normal is a standard normal; of a uniform t, a logistic (std 1.81).
     z = torch.logit(t.double()).sort().values
