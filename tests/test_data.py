@@ -170,9 +170,10 @@ def test_cache_is_rebuilt_when_a_photo_is_replaced_by_one_of_the_same_size(
 def test_labels_stay_with_their_images_when_a_file_is_skipped(tmp_path: Path) -> None:
     colours = {0: (255, 0, 0), 1: (0, 0, 255)}
     for target, colour in colours.items():
-        (tmp_path / "images" / f"class_{target}").mkdir(parents=True)
+        folder = tmp_path / "images" / f"class_{target}"
+        folder.mkdir(parents=True)
         for i in range(1, 9):
-            Image.new("RGB", (8, 8), colour).save(tmp_path / "images" / f"class_{target}/{i:03d}.png")
+            Image.new("RGB", (8, 8), colour).save(folder / f"{i:03d}.png")
     (tmp_path / "images/class_0/000.png").write_text("not an image, listed first and skipped")
     data = PetsDataModule(root=str(tmp_path / "data"), source=str(tmp_path / "images"),
                           labels="folder", image_size=8, split=(0.5, 0.25, 0.25))  # fmt: skip

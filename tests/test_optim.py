@@ -1,5 +1,7 @@
 """The learning-rate schedule both models train with: linear warm-up, then a cosine decay."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -14,14 +16,14 @@ def _learning_rates(total: int, warmup_fraction: float, final: float) -> list[fl
         rates.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         schedule.step()
-    return rates + [optimizer.param_groups[0]["lr"]]
+    return [*rates, optimizer.param_groups[0]["lr"]]
 
 
 def test_warms_up_linearly_then_decays_by_a_cosine_to_the_final_fraction() -> None:
     rates = _learning_rates(total=100, warmup_fraction=0.1, final=0.01)
     assert rates[:11] == pytest.approx([(step + 1) / 11 for step in range(10)] + [1.0])
     assert rates[55] == pytest.approx(0.01 + 0.99 * 0.5, abs=1e-6)  # halfway down the cosine
-    assert all(a >= b for a, b in zip(rates[10:], rates[11:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(rates[10:]))
     assert rates[-1] == pytest.approx(0.01)
 
 

@@ -4,6 +4,7 @@ The remote methods run through Modal's ``.local()`` (which runs the ``@modal.ent
 the tiny configs, with temporary folders as the volumes and commits that record what was on disk.
 """
 
+import itertools
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import time
 from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
+from typing import ClassVar
 
 import pytest
 
@@ -382,11 +384,11 @@ class FakeTrainingChild:
     run writes last (last.ckpt, then summary.json) and exits with ``returncode``."""
 
     returncode = 0
-    commands: list[list[str]] = []
+    commands: ClassVar[list[list[str]]] = []
 
     def __init__(self, command: list[str], env: dict[str, str]) -> None:
         self.commands.append(command)
-        self.args = dict(zip(command, command[1:], strict=False))
+        self.args = dict(itertools.pairwise(command))
 
     def wait(self, timeout: float | None = None) -> int:
         run = Path(self.args["--run.outputs"]) / "checkpoints/classifier"
