@@ -1,6 +1,8 @@
 """VolumeCheckpoint: what is kept, when the volume is committed, and which rank commits."""
 
 import datetime as dt
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +66,29 @@ def test_last_ckpt_copies_the_step_file_of_its_step_instead_of_saving_again(
     assert last["global_step"] == last_step
     if not max_steps % 2:
         assert (tmp_path / "last.ckpt").read_bytes() == (tmp_path / steps[-1][:-8]).read_bytes()
+
+
+class InterruptAtStep(L.Callback):
+    """Sends this process SIGINT (Modal's preemption signal) once ``step`` steps are done."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_sigint_stops_at_the_next_step_boundary_with_last_ckpt_of_that_step(tmp_path: Path) -> None:
+    callbacks = build_checkpoints(CheckpointPolicy(every_n_train_steps=100), tmp_path, no_commit)
+    trainer = L.Trainer(max_steps=10, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[*callbacks, InterruptAtStep(3)], limit_val_batches=0)  # fmt: skip
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(SystemExit):  # Lightning's exit after a SIGTERM stop
+        trainer.fit(BoringModel())
+    assert signal.getsignal(signal.SIGINT) is handler  # put back after training
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 3
 
 
 def test_an_empty_run_date_is_today_and_an_explicit_one_survives_midnight(tmp_path: Path) -> None:

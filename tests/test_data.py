@@ -1,6 +1,7 @@
 """The data path: catalog, split, decoding, the uint8 cache and the data module."""
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -12,9 +13,11 @@ from tinycats.data import PetsDataModule
 from tinycats.data.cache import load_or_build_cache
 from tinycats.data.catalog import CAT_BREEDS, build_catalog
 from tinycats.data.images import UnreadableImage, load_square
+from tinycats.data.sampler import EpochBatches
 from tinycats.data.split import stratified_split
 from tinycats.errors import TinyCatsError
 
+from helpers.folders import distinct_image_folder
 from helpers.photos import make_broken_images
 
 
@@ -58,6 +61,35 @@ def test_split_is_stratified_seeded_and_disjoint() -> None:
     assert stratified_split(targets, (0.8, 0.1, 0.1), seed=4) != (train, val, test)
     with pytest.raises(ValueError, match="sum"):
         stratified_split(targets, (0.8, 0.3, 0.1), seed=0)
+
+
+def test_split_seed_sets_the_split_and_the_training_order(tmp_path: Path) -> None:
+    source = distinct_image_folder(tmp_path / "images", classes=2, per_class=20)
+
+    def loaded(seed: int, split: tuple[float, float, float]) -> PetsDataModule:
+        data = PetsDataModule(root=str(tmp_path / "data"), source=str(source), labels="folder",
+                              image_size=8, batch_size=8, split=split, split_seed=seed)  # fmt: skip
+        data.setup("fit")
+        return data
+
+    val = [loaded(seed, (0.6, 0.2, 0.2)).datasets["val"].tensors[0] for seed in (1, 1, 2)]
+    assert torch.equal(val[0], val[1]) and not torch.equal(val[0], val[2])
+    # Everything in training: the same images, in an order that only the seed changes.
+    first = [next(iter(loaded(seed, (1.0, 0.0, 0.0)).train_dataloader()))[0] for seed in (1, 1, 2)]
+    assert torch.equal(first[0], first[1]) and not torch.equal(first[0], first[2])
+
+
+def test_epoch_batches_reshuffle_each_epoch_and_repeat_for_the_same_epoch() -> None:
+    batches = EpochBatches(size=50, batch_size=8, seed=3, shuffle=True)
+    orders = {}
+    for epoch in (0, 1, 0):
+        batches.set_epoch(epoch)
+        order = [i for batch in batches for i in batch]
+        assert sorted(order) == list(range(50)) and len(list(batches)) == len(batches) == 7
+        assert orders.setdefault(epoch, order) == order  # the same epoch: the same order
+    assert orders[0] != orders[1] and orders[0] != list(range(50))
+    unshuffled = EpochBatches(size=50, batch_size=8, seed=3, shuffle=False)
+    assert [i for batch in unshuffled for i in batch] == list(range(50))
 
 
 def test_every_kind_of_bad_file_is_converted_or_rejected(tmp_path: Path) -> None:
@@ -117,6 +149,41 @@ def test_cache_is_reused_and_rebuilt_when_resolution_or_files_change(
     load_or_build_cache(photos[:2], 16, tmp_path)
     assert len(decoded) == 5
     assert len(list(tmp_path.glob("*.pt"))) == 3 and not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_cache_is_rebuilt_when_a_photo_is_replaced_by_one_of_the_same_size(
+    tmp_path: Path,
+) -> None:
+    photo = tmp_path / "Bengal_1.bmp"  # uncompressed: every 8 px image has the same file size
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(photo)
+    stat = photo.stat()
+    red = load_or_build_cache([photo], 8, tmp_path / "cache").images
+    Image.new("RGB", (8, 8), (0, 0, 255)).save(photo)
+    # The worst case, set rather than left to the clock: a copy that keeps the time stamp, or a
+    # replacement within one tick of a coarse file-system clock.
+    os.utime(photo, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert photo.stat().st_size == stat.st_size and photo.stat().st_mtime_ns == stat.st_mtime_ns
+    blue = load_or_build_cache([photo], 8, tmp_path / "cache").images
+    assert red[0, :, 0, 0].tolist() == [255, 0, 0] and blue[0, :, 0, 0].tolist() == [0, 0, 255]
+
+
+def test_labels_stay_with_their_images_when_a_file_is_skipped(tmp_path: Path) -> None:
+    colours = {0: (255, 0, 0), 1: (0, 0, 255)}
+    for target, colour in colours.items():
+        folder = tmp_path / "images" / f"class_{target}"
+        folder.mkdir(parents=True)
+        for i in range(1, 9):
+            Image.new("RGB", (8, 8), colour).save(folder / f"{i:03d}.png")
+    (tmp_path / "images/class_0/000.png").write_text("not an image, listed first and skipped")
+    data = PetsDataModule(root=str(tmp_path / "data"), source=str(tmp_path / "images"),
+                          labels="folder", image_size=8, split=(0.5, 0.25, 0.25))  # fmt: skip
+    data.setup("fit")
+    for name in ("train", "val", "test"):
+        images, targets = data.datasets[name].tensors
+        assert [tuple(image[:, 0, 0].tolist()) for image in images] == [
+            colours[t] for t in targets.tolist()
+        ], name
+    assert sum(len(data.datasets[name]) for name in ("train", "val", "test")) == 16
 
 
 def test_datamodule_downloads_caches_and_splits(

@@ -115,6 +115,18 @@ def test_output_is_exactly_zero_at_init():
     assert torch.count_nonzero(out) == 0
 
 
+def test_every_block_starts_as_the_identity():
+    model = TinyDiT(**TINY_DIT, image_size=TINY_SIZE)
+    x, t, y = _inputs(model, batch=3)
+    tokens = model.patch_embed(x).flatten(2).transpose(1, 2) + model.pos_embed
+    c = model.t_embedder(t) + model.label_embedder(y)
+    assert c.abs().sum() > 0  # a real conditioning: only the zero gates can silence the block
+    for i, block in enumerate(model.blocks):
+        assert torch.equal(block(tokens, c), tokens), f"block {i} is not the identity at init"
+        gates = block.modulation(c).chunk(6, dim=1)[2::3]
+        assert all(torch.count_nonzero(gate) == 0 for gate in gates), f"block {i} gates"
+
+
 def test_zero_init_still_trains_the_output_layer():
     model = TinyDiT(**TINY_DIT, image_size=TINY_SIZE)
     x, t, y = _inputs(model, batch=2)
@@ -129,6 +141,17 @@ def test_initialize_weights_restores_zero_output():
     assert torch.count_nonzero(model(*inputs)) > 0
     model.initialize_weights()
     assert torch.count_nonzero(model(*inputs)) == 0
+
+
+def test_time_features_vary_across_the_unit_interval():
+    # The sinusoid periods span 1 to 10000 steps; times in [0, 1] are scaled to 1000 steps so
+    # that most features change between t = 0 and t = 1, not only the fastest few.
+    model = TinyDiT(**TINY_DIT, image_size=TINY_SIZE)
+    features: list[torch.Tensor] = []
+    model.t_embedder.mlp[0].register_forward_hook(lambda m, inputs, out: features.append(inputs[0]))
+    model.t_embedder(torch.linspace(0, 1, 21))
+    spread = features[0].max(0).values - features[0].min(0).values
+    assert (spread > 1).float().mean() > 0.5
 
 
 # ---- labels ----------------------------------------------------------------------------------

@@ -101,6 +101,30 @@ def test_training_inputs_are_the_data_or_its_mirror(flip: bool):
         assert same.all()
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_training_draws_logit_normal_times_and_nulls_labels_at_the_dropout_rate(monkeypatch):
+    model = DiTGenerator(num_classes=3, **TINY_DIT, image_size=SIZE, label_dropout=0.25)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def velocity(x, t, y):  # stands in for the network: records times and labels
+        seen.append((t.detach().clone(), y.clone()))
+        return torch.zeros_like(x)
+
+    monkeypatch.setattr(model.model, "forward", velocity)
+    batch = torch.zeros(4096, 3, SIZE, SIZE, dtype=torch.uint8), torch.zeros(4096, dtype=torch.long)
+    model.training_step(batch, 0)  # the draws come from the step generator: always the same
+    ((t, y),) = seen
+    nulled = (y == model.model.null_class).float().mean().item()
+    assert set(y.tolist()) == {0, 3} and abs(nulled - 0.25) < 0.03
+    assert t.shape == (4096,) and t.min() > 0 and t.max() < 1
+    # logit(t) of a logit-normal is a standard normal; of a uniform t, a logistic (std 1.81).
+    z = torch.logit(t.double()).sort().values
+    normal_cdf = 0.5 * (1 + torch.erf(z / 2**0.5))
+    ks = (normal_cdf - torch.arange(1, 4097, dtype=torch.float64) / 4096).abs().max()
+    assert ks < 0.04, f"Kolmogorov-Smirnov distance {ks:.3f} from logit-normal"  # uniform: ~0.1
+    assert abs(z.std().item() - 1) < 0.1
+
+
 # ---- validation ------------------------------------------------------------------------------
 
 
@@ -114,6 +138,25 @@ def test_validation_loss_is_fixed_and_starts_at_the_zero_predictor_baseline(tmp_
     # adaLN-Zero makes the initial velocity 0, so the loss is E|noise - x0|^2 = 1 + E[x0^2].
     x0 = data.datasets["val"].tensors[0].float() / 127.5 - 1
     assert first == pytest.approx(1 + x0.pow(2).mean().item(), rel=0.03)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_validation_sees_the_batch_as_it_is_without_augmentation(monkeypatch):
+    model = DiTGenerator(num_classes=3, **TINY_DIT, image_size=SIZE, flip=True, label_dropout=0.5)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def loss(network, x0, y, **kwargs):
+        seen.append((x0.clone(), y.clone()))
+        return x0.new_zeros(())
+
+    monkeypatch.setattr("tinycats.models.generator.flow_loss", loss)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (32, 3, SIZE, SIZE), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 3, (32,), generator=g)
+    model.validation_step((images, labels), 0)
+    assert seen  # one loss per validation time
+    for x0, y in seen:
+        assert torch.equal(x0, images.float() / 127.5 - 1) and torch.equal(y, labels)
 
 
 # ---- exact resume ----------------------------------------------------------------------------

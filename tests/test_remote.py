@@ -4,6 +4,7 @@ The remote methods run through Modal's ``.local()`` (which runs the ``@modal.ent
 the tiny configs, with temporary folders as the volumes and commits that record what was on disk.
 """
 
+import itertools
 import json
 import os
 import re
@@ -13,6 +14,7 @@ import time
 from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
+from typing import ClassVar
 
 import pytest
 
@@ -540,6 +542,8 @@ def test_fit_commits_resumes_after_a_kill_and_returns_a_finished_run(
 
     # The finished run: the same summary at once, nothing trained, nothing committed.
     storage.commits.outputs.snapshots.clear()
+    # A time stamp set in the past: a rewrite shows at any clock resolution.
+    os.utime(run / "last.ckpt", ns=(10**18, 10**18))
     before = (run / "last.ckpt").stat().st_mtime_ns
     again = remote.Runner().fit.local(config, overrides, "tiny", RUN_DATE)
     assert again == resumed
@@ -754,6 +758,52 @@ def test_sample_draws_a_png_from_a_trained_dit(remote, storage, pets_sample) -> 
     assert drawn["status"] == "drawn" and drawn["png"].startswith(b"\x89PNG\r\n\x1a\n")
     refused = remote.Runner().sample.local(run, "Tabby", 2, 2, 3.0, 0)
     assert refused["status"] == "refused" and "Unknown breed 'Tabby'" in refused["error"]
+
+
+class FakeTrainingChild:
+    """Stands in for the ``python -m tinycats fit`` subprocess: when waited for, it writes what a
+    run writes last (last.ckpt, then summary.json) and exits with ``returncode``."""
+
+    returncode = 0
+    commands: ClassVar[list[list[str]]] = []
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        self.commands.append(command)
+        self.args = dict(itertools.pairwise(command))
+
+    def wait(self, timeout: float | None = None) -> int:
+        run = Path(self.args["--run.outputs"]) / "checkpoints/classifier"
+        run = run / self.args["--run.date"] / self.args["--run.name"]
+        run.mkdir(parents=True)
+        (run / "last.ckpt").write_bytes(b"weights")
+        if self.returncode == 0:
+            (run / "summary.json").write_text(json.dumps({"status": "finished", "global_step": 8}))
+        return self.returncode
+
+
+@pytest.mark.parametrize("returncode", [0, 1])
+def test_several_gpus_commit_both_volumes_once_the_subprocess_has_ended(
+    remote, storage, monkeypatch, returncode: int
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(FakeTrainingChild, "returncode", returncode)
+    monkeypatch.setattr(FakeTrainingChild, "commands", [])
+    monkeypatch.setattr(remote.subprocess, "Popen", FakeTrainingChild)
+    fit = remote.Runner().fit.local
+    if returncode:
+        with pytest.raises(RuntimeError, match="exited with status 1"):
+            fit(CLASSIFIER_TINY.read_text(), [], "tiny", RUN_DATE)
+    else:
+        assert fit(CLASSIFIER_TINY.read_text(), [], "tiny", RUN_DATE)["global_step"] == 8
+    (command,) = FakeTrainingChild.commands
+    assert command[1:4] == ["-m", "tinycats", "fit"]
+    prefix = f"checkpoints/classifier/{RUN_DATE}/tiny/"
+    written = {prefix + "last.ckpt"} | ({prefix + "summary.json"} if returncode == 0 else set())
+    # One commit of each volume, after the child ended (whatever its status): all it wrote is in.
+    assert storage.commits.outputs.snapshots == [written]
+    assert len(storage.commits.data.snapshots) == 1
 
 
 @pytest.mark.slow

@@ -1,7 +1,10 @@
 """The pre-decoded uint8 image cache: every photo decoded once, so no epoch decodes a JPEG.
 
-The cache is one ``.pt`` file per (image set, resolution), named by a hash of the file list
-(path, size, mtime) and the resolution, so a change to either builds a new one.
+The cache is one ``.pt`` file per (image set, resolution), named by a hash of the files' paths
+and contents and the resolution, so a change to any builds a new one. Contents, not sizes and
+modification times: a photo replaced by one of the same size whose time stamp was kept (``cp -p``,
+tar, rsync) or fell in the same tick of a coarse file-system clock would otherwise keep its old
+pixels. Hashing reads every file once per call (SHA-256, on all cores): far less than decoding.
 """
 
 import hashlib
@@ -31,8 +34,9 @@ class ImageCache:
 
 
 def cache_path(cache_dir: Path, paths: Sequence[Path], size: int) -> Path:
-    """Where the cache for these files at this resolution lives."""
-    listing = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+    """Where the cache for these files (their paths and contents) at this resolution lives."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        listing = list(zip(map(str, paths), pool.map(_content_digest, paths), strict=True))
     digest = hashlib.sha256(json.dumps([CACHE_FORMAT, size, listing]).encode()).hexdigest()
     return cache_dir / f"images-{size}px-{digest[:16]}.pt"
 
@@ -67,6 +71,12 @@ def _build(paths: Sequence[Path], size: int, target: Path) -> None:
         len(kept), size, target, converted, len(skipped),
         ": " + "; ".join(skipped) if skipped else "",
     )  # fmt: skip
+
+
+def _content_digest(path: Path) -> str:
+    """The SHA-256 of a file's bytes."""
+    with open(path, "rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 def _try_load(path: Path, size: int) -> tuple[torch.Tensor, bool] | str:
