@@ -774,7 +774,7 @@ class FakeTrainingChild:
     def wait(self, timeout: float | None = None) -> int:
         run = Path(self.args["--run.outputs"]) / "checkpoints/classifier"
         run = run / self.args["--run.date"] / self.args["--run.name"]
-        run.mkdir(parents=True)
+        run.mkdir(parents=True, exist_ok=True)  # the attempt record made it already
         (run / "last.ckpt").write_bytes(b"weights")
         if self.returncode == 0:
             (run / "summary.json").write_text(json.dumps({"status": "finished", "global_step": 8}))
@@ -801,8 +801,11 @@ def test_several_gpus_commit_both_volumes_once_the_subprocess_has_ended(
     assert command[1:4] == ["-m", "tinycats", "fit"]
     prefix = f"checkpoints/classifier/{RUN_DATE}/tiny/"
     written = {prefix + "last.ckpt"} | ({prefix + "summary.json"} if returncode == 0 else set())
-    # One commit of each volume, after the child ended (whatever its status): all it wrote is in.
-    assert storage.commits.outputs.snapshots == [written]
+    # The outputs are committed once when the attempt is recorded, and once more after the child
+    # ended (whatever its status): all it wrote is in that commit.
+    recorded, after_child = storage.commits.outputs.snapshots
+    assert recorded == {prefix + "attempts.jsonl"}
+    assert after_child == written | recorded
     assert len(storage.commits.data.snapshots) == 1
 
 
