@@ -114,6 +114,9 @@ class TinyCatsCLI(LightningCLI):
                 self.run.path, name="", version="" if self.subcommand == "fit" else self.subcommand
             ),
             callbacks=[*(config.trainer.callbacks or []), *self.checkpoints, *extra],
+            # EpochBatches shares the batches between DDP ranks itself: wrapped in Lightning's
+            # DistributedSamplerWrapper its epoch and position would not be saved (plans/0011).
+            use_distributed_sampler=False,
             **kwargs,
         )
 

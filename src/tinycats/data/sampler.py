@@ -23,13 +23,21 @@ class EpochBatches(Sampler[list[int]]):
     epoch, the iterator its position. A ``StatefulDataLoader`` restoring a checkpoint builds its
     iterator before Lightning calls ``set_epoch``, so without the saved epoch a run resumed in
     epoch 1 or later would replay epoch 0's order (plans/0011-exact-resume.md).
+
+    Under DDP each rank takes every ``world_size``-th batch, the list padded from its start to a
+    multiple of ``world_size`` (as Lightning's ``DistributedSamplerWrapper`` would share it), so
+    the trainer runs with ``use_distributed_sampler=False`` and this state stays in reach.
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, shuffle: bool) -> None:
+    def __init__(
+        self, size: int, batch_size: int, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1
+    ) -> None:
         self.size = size
         self.batch_size = batch_size
         self.seed = seed
         self.shuffle = shuffle
+        self.rank = rank
+        self.world_size = world_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -46,19 +54,21 @@ class EpochBatches(Sampler[list[int]]):
         self.epoch = state["epoch"]
 
     def batches(self) -> list[list[int]]:
-        """This epoch's batches of indices."""
+        """This rank's batches of indices in this epoch."""
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(self.size, generator=generator)
         else:
             order = torch.arange(self.size)
-        return [batch.tolist() for batch in order.split(self.batch_size)]
+        batches = [batch.tolist() for batch in order.split(self.batch_size)]
+        padded = (batches * self.world_size)[: len(self) * self.world_size]
+        return padded[self.rank :: self.world_size]
 
     def __iter__(self) -> "EpochBatchIterator":
         return EpochBatchIterator(self)
 
     def __len__(self) -> int:
-        return math.ceil(self.size / self.batch_size)
+        return math.ceil(math.ceil(self.size / self.batch_size) / self.world_size)
 
 
 class EpochBatchIterator(Iterator[list[int]]):
