@@ -4,10 +4,13 @@
   never leaves a truncated checkpoint under a real name.
 - ``commit`` (the Modal volume's commit, a no-op locally) runs on global rank 0 after each
   completed file and after each prune: what is on the volume is always a whole checkpoint.
-- ``last.ckpt`` after a step checkpoint of the same step is a copy of that file, not a second
-  serialisation of the model: half the work and half the bytes written per checkpoint.
+- ``last.ckpt`` right after a step checkpoint of the same step is a copy of that file, not a
+  second serialisation of the model: half the work and half the bytes written per checkpoint.
 - SIGINT, Modal's preemption signal, is handled like SIGTERM: Lightning stops at the next batch
   boundary and this callback writes ``last.ckpt`` there, so the resumed run is exact.
+
+The first three live in ``VolumeCheckpointIO``, the strategy's ``CheckpointIO`` (Lightning
+calls it on rank 0 for every write and prune); the callback uses public hooks only.
 """
 
 import os
@@ -20,16 +23,56 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from tinycats.errors import TinyCatsError
 
 STEP_FILENAME = "step={step:08d}"
+LAST = ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION
 
 
 def no_commit() -> None:
     """The local stand-in for a volume commit."""
+
+
+class VolumeCheckpointIO(CheckpointIO):
+    """Writes checkpoints atomically and commits after each write and removal (rank 0 only).
+
+    A ``last.ckpt`` of the same global step as the file written just before it is a copy of
+    that file. Wraps the strategy's own ``CheckpointIO``, which serialises and loads.
+    """
+
+    def __init__(self, inner: CheckpointIO, commit: Callable[[], None]) -> None:
+        self.inner = inner
+        self.commit = commit
+        self._previous: tuple[str, int] | None = None  # (path, global step) of the last write
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        path, step = str(path), checkpoint.get("global_step")
+        partial = f"{path}.partial"
+        previous = self._previous
+        if Path(path).name == LAST and previous and previous[1] == step and previous[0] != path:
+            shutil.copyfile(previous[0], partial)
+        else:
+            self.inner.save_checkpoint(checkpoint, partial, storage_options)
+        os.replace(partial, path)
+        self._previous = (path, step)
+        self.commit()
+
+    def load_checkpoint(self, path: str | Path, map_location: Any = None, **kwargs: Any) -> Any:
+        return self.inner.load_checkpoint(path, map_location, **kwargs)
+
+    def remove_checkpoint(self, path: str | Path) -> None:
+        self.inner.remove_checkpoint(path)
+        self.commit()
+
+    def teardown(self) -> None:
+        self.inner.teardown()
 
 
 class VolumeCheckpoint(ModelCheckpoint):
@@ -39,6 +82,15 @@ class VolumeCheckpoint(ModelCheckpoint):
         super().__init__(*args, enable_version_counter=False, **kwargs)
         self.commit = commit
         self._previous_sigint: Any = None
+        self._last_saved_step = -1  # the step of the last.ckpt this process serialised itself
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        strategy = trainer.strategy
+        if not isinstance(strategy.checkpoint_io, VolumeCheckpointIO):
+            strategy.checkpoint_io = VolumeCheckpointIO(
+                strategy.checkpoint_io or TorchCheckpointIO(), self.commit
+            )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
@@ -47,6 +99,11 @@ class VolumeCheckpoint(ModelCheckpoint):
             self._previous_sigint = signal.signal(
                 signal.SIGINT, lambda *_: os.kill(os.getpid(), signal.SIGTERM)
             )
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        start_next_epoch_if_between_epochs(checkpoint)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._previous_sigint is not None:
@@ -58,39 +115,52 @@ class VolumeCheckpoint(ModelCheckpoint):
     ) -> None:
         # Only a signal stops at a known batch boundary; after any other error the state may be
         # half-updated, and the last periodic checkpoint is the safer place to resume from.
-        stopped_cleanly = isinstance(exception, SIGTERMException)
-        if stopped_cleanly and self.save_last and self._should_save_on_exception(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if isinstance(exception, SIGTERMException) and not trainer.sanity_checking:
+            self._save_last_if_unsaved(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Steps that are not a multiple of every_n_train_steps would otherwise never be saved.
-        if self.save_last and self._last_global_step_saved != trainer.global_step:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._save_last_if_unsaved(trainer)
 
-    def _should_save_on_exception(self, trainer: L.Trainer) -> bool:
-        return not trainer.sanity_checking and self._last_global_step_saved != trainer.global_step
+    def _save_last_if_unsaved(self, trainer: L.Trainer) -> None:
+        """Serialise last.ckpt unless this step is on disk already (every rank decides alike)."""
+        # The step files are the top-k by ``step`` (build_checkpoints), so their scores are steps.
+        saved = {int(step) for step in self.best_k_models.values()} | {self._last_saved_step}
+        if self.save_last and self.dirpath and trainer.global_step not in saved:
+            self.last_model_path = str(Path(self.dirpath) / LAST)
+            trainer.save_checkpoint(self.last_model_path, self.save_weights_only)
+            self._last_saved_step = trainer.global_step
 
-    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        partial = f"{filepath}.partial"
-        just_saved = self._last_checkpoint_saved
-        step_file_of_this_step = (
-            self._last_global_step_saved == trainer.global_step and just_saved not in ("", filepath)
-        )
-        if filepath == self.last_model_path and step_file_of_this_step:
-            # The same state was just written to the step file; only rank 0 writes files.
-            if trainer.is_global_zero:
-                shutil.copyfile(just_saved, partial)
-        else:
-            super()._save_checkpoint(trainer, partial)
-        self._last_checkpoint_saved = filepath
-        if trainer.is_global_zero:
-            os.replace(partial, filepath)
-            self.commit()
 
-    def _remove_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        super()._remove_checkpoint(trainer, filepath)
-        if trainer.is_global_zero:
-            self.commit()
+def start_next_epoch_if_between_epochs(checkpoint: dict[str, Any]) -> None:
+    """Make a checkpoint saved between two epochs resume into the next epoch's first batch.
+
+    Lightning raises a signal stop at an epoch's end after counting the epoch completed, and
+    the last.ckpt of a finished run is saved there too; but it restores such a checkpoint with
+    the finished epoch's batch counters, so the next epoch ends at once without a batch and the
+    run trains on later epochs' orders (plans/0011-exact-resume.md). This resets those
+    counters as Lightning does when it starts an epoch (``reset_on_run``), in the loaded dict.
+    """
+    fit = checkpoint.get("loops", {}).get("fit_loop")
+    if not fit:
+        return
+    epochs = fit["epoch_progress"]["current"]
+    batches = fit["epoch_loop.batch_progress"]
+    between = len({epochs[k] for k in ("ready", "started", "processed", "completed")}) == 1
+    if not (between and batches["is_last_batch"]):
+        return
+    _zero(batches["current"])
+    batches["is_last_batch"] = False
+    _zero(fit["epoch_loop.scheduler_progress"]["current"])
+    optimizer = fit["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]
+    _zero(optimizer["step"]["current"])
+    _zero(optimizer["zero_grad"]["current"])
+    _zero(fit["epoch_loop.val_loop.batch_progress"]["total"])
+
+
+def _zero(counters: dict[str, int]) -> None:
+    for key in counters:
+        counters[key] = 0
 
 
 def _in_main_thread() -> bool:
