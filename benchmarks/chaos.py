@@ -94,7 +94,14 @@ def launch(config: str, root: Path, photos: Path) -> subprocess.Popen:
                                           os.environ.get("PYTHONPATH", "")])}  # fmt: skip
     with open(root / "log.txt", "a") as log:
         return subprocess.Popen(command(config, root, photos), cwd=REPO, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_default_sigint)  # fmt: skip
+
+
+def _default_sigint() -> None:
+    # A background job of a non-interactive shell (nohup ... &) ignores SIGINT, and so would
+    # every run it starts: give the runs the default handling a container's processes have.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_to_end(config: str, root: Path, photos: Path) -> None:

@@ -54,13 +54,16 @@ class StopAt(L.Callback):
 
 
 def fit(
-    root: Path, ckpt_path: Path | None = None, callbacks: list[L.Callback] | None = None
+    root: Path,
+    ckpt_path: Path | None = None,
+    callbacks: list[L.Callback] | None = None,
+    max_steps: int = STEPS,
 ) -> RecordBatches:
     model = RecordBatches()
     every_step = ModelCheckpoint(dirpath=root, filename="{step}", every_n_train_steps=1,
                                  save_top_k=-1)  # fmt: skip
     trainer = L.Trainer(
-        default_root_dir=root, max_steps=STEPS, accelerator="cpu", logger=False,
+        default_root_dir=root, max_steps=max_steps, accelerator="cpu", logger=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
         callbacks=callbacks or [every_step],
     )  # fmt: skip
@@ -97,6 +100,20 @@ def test_a_run_stopped_by_a_signal_resumes_with_the_batches_of_the_uninterrupted
         tmp_path, tmp_path / "last.ckpt", build_checkpoints(CheckpointPolicy(), tmp_path, no_commit)
     )
     assert resumed.seen == reference[step:]
+
+
+@pytest.mark.parametrize("stop", [6, 8], ids=lambda s: f"step{s}")
+def test_a_finished_run_extended_to_more_steps_sees_the_batches_of_a_longer_run(
+    tmp_path, uninterrupted, stop
+):
+    """A run that reached max_steps mid-epoch (6) or at an epoch's end (8) saves last.ckpt after
+    Lightning counted that epoch done; extended, it goes on with the next batch."""
+    reference, _ = uninterrupted
+    checkpoints = build_checkpoints(CheckpointPolicy(every_n_train_steps=5), tmp_path, no_commit)
+    fit(tmp_path, callbacks=checkpoints, max_steps=stop)
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == stop
+    more = build_checkpoints(CheckpointPolicy(every_n_train_steps=5), tmp_path, no_commit)
+    assert fit(tmp_path, tmp_path / "last.ckpt", more).seen == reference[stop:]
 
 
 def test_the_order_is_a_function_of_seed_and_epoch() -> None:

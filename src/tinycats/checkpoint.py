@@ -103,7 +103,7 @@ class VolumeCheckpoint(ModelCheckpoint):
     def on_load_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        start_next_epoch_if_between_epochs(checkpoint)
+        resume_where_the_run_stopped(checkpoint)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._previous_sigint is not None:
@@ -132,22 +132,29 @@ class VolumeCheckpoint(ModelCheckpoint):
             self._last_saved_step = trainer.global_step
 
 
-def start_next_epoch_if_between_epochs(checkpoint: dict[str, Any]) -> None:
-    """Make a checkpoint saved between two epochs resume into the next epoch's first batch.
+def resume_where_the_run_stopped(checkpoint: dict[str, Any]) -> None:
+    """Fix the loop progress of a checkpoint saved between two epochs, in the loaded dict.
 
-    Lightning raises a signal stop at an epoch's end after counting the epoch completed, and
-    the last.ckpt of a finished run is saved there too; but it restores such a checkpoint with
-    the finished epoch's batch counters, so the next epoch ends at once without a batch and the
-    run trains on later epochs' orders (plans/0011-exact-resume.md). This resets those
-    counters as Lightning does when it starts an epoch (``reset_on_run``), in the loaded dict.
+    Lightning raises a signal stop at an epoch's end only after counting the epoch completed,
+    and saves the last.ckpt of a run that reached ``max_steps`` there too; it then restores
+    such a checkpoint with the finished epoch's batch counters, so the next epoch ends at once
+    without a batch (plans/0011-exact-resume.md). An epoch that ran to its last batch is
+    therefore followed by the next one's first batch (its counters reset as Lightning does when
+    it starts an epoch); one cut short by ``max_steps`` is reopened at its next batch, so a run
+    extended to more steps continues exactly where it stopped.
     """
     fit = checkpoint.get("loops", {}).get("fit_loop")
     if not fit:
         return
-    epochs = fit["epoch_progress"]["current"]
+    epochs = fit["epoch_progress"]
     batches = fit["epoch_loop.batch_progress"]
-    between = len({epochs[k] for k in ("ready", "started", "processed", "completed")}) == 1
-    if not (between and batches["is_last_batch"]):
+    counted = {epochs["current"][k] for k in ("ready", "started", "processed", "completed")}
+    if len(counted) != 1 or not batches["current"]["completed"]:
+        return  # mid-epoch, or at an epoch's end before Lightning counted it: restored right
+    if not batches["is_last_batch"]:
+        for progress in (epochs["current"], epochs["total"]):
+            progress["processed"] -= 1
+            progress["completed"] -= 1
         return
     _zero(batches["current"])
     batches["is_last_batch"] = False

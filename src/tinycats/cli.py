@@ -19,7 +19,7 @@ from tinycats.data import PetsDataModule
 from tinycats.errors import TinyCatsError
 from tinycats.performance import allow_tf32, auto_precision
 from tinycats.predictions import PrintPredictions
-from tinycats.resume import newest_run, resolve_resume
+from tinycats.resume import newest_run, resolve_extension, resolve_resume
 from tinycats.run import RunSpec, model_dir, resolve_run_dir
 
 log = logging.getLogger("tinycats")
@@ -127,11 +127,16 @@ class TinyCatsCLI(LightningCLI):
         policy = self.config_init.fit.resume
         finished = self.run.summary()
         if finished and policy in ("auto", "latest"):
-            log.info("Run %s already finished at step %s: %s. Nothing to train; pass a new "
-                     "--run.name to train again.", self.run.path, finished["global_step"],
-                     _format_metrics(finished["metrics"]))  # fmt: skip
-            self.summary = finished
-            return
+            if not _asks_for_more(self.trainer, finished):
+                log.info("Run %s already finished at step %s: %s. Nothing to train; raise "
+                         "trainer.max_steps/max_epochs to extend it, or pass a new --run.name.",
+                         self.run.path, finished["global_step"],
+                         _format_metrics(finished["metrics"]))  # fmt: skip
+                self.summary = finished
+                return
+            kwargs["ckpt_path"] = resolve_extension(self.run.path, model)
+            log.info("Extending run %s past step %s (the LR stays at its schedule's floor).",
+                     self.run.path, finished["global_step"])  # fmt: skip
         if kwargs.get("ckpt_path") is None:
             kwargs["ckpt_path"] = resolve_resume(policy, self.run.path, model)
         if kwargs["ckpt_path"]:
@@ -194,6 +199,13 @@ def main(argv: list[str] | None = None) -> None:
     except TinyCatsError as err:
         print(f"tinycats: error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
+
+
+def _asks_for_more(trainer: L.Trainer, finished: dict[str, Any]) -> bool:
+    """Whether the trainer's limits go past where a finished run stopped (-1: no limit)."""
+    steps = trainer.max_steps == -1 or trainer.max_steps > finished["global_step"]
+    epochs = trainer.max_epochs in (None, -1) or trainer.max_epochs > finished["epoch"]
+    return steps and epochs
 
 
 def _model_group(class_path: str) -> str:
