@@ -25,6 +25,7 @@ class RecordBatches(L.LightningModule):
 
     def __init__(self) -> None:
         super().__init__()
+        torch.manual_seed(0)  # every run starts from the same weights
         self.layer = torch.nn.Linear(1, 1)
         self.seen: list[list[int]] = []
 
@@ -58,6 +59,7 @@ def fit(
     ckpt_path: Path | None = None,
     callbacks: list[L.Callback] | None = None,
     max_steps: int = STEPS,
+    **trainer_args,
 ) -> RecordBatches:
     model = RecordBatches()
     every_step = ModelCheckpoint(dirpath=root, filename="{step}", every_n_train_steps=1,
@@ -65,7 +67,7 @@ def fit(
     trainer = L.Trainer(
         default_root_dir=root, max_steps=max_steps, accelerator="cpu", logger=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        callbacks=callbacks or [every_step],
+        callbacks=callbacks or [every_step], **trainer_args,
     )  # fmt: skip
     trainer.fit(model, ckpt_path=ckpt_path)
     return model
@@ -114,6 +116,29 @@ def test_a_finished_run_extended_to_more_steps_sees_the_batches_of_a_longer_run(
     assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == stop
     more = build_checkpoints(CheckpointPolicy(every_n_train_steps=5), tmp_path, no_commit)
     assert fit(tmp_path, tmp_path / "last.ckpt", more).seen == reference[stop:]
+
+
+class StopMidAccumulation(L.Callback):
+    """SIGTERM after the first of two accumulated batches of optimizer step 4 (epoch 1)."""
+
+    def on_train_batch_end(self, trainer: L.Trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == 3 and batch_idx == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_stop_between_accumulated_batches_resumes_to_the_same_weights(tmp_path) -> None:
+    """The half-summed gradient is in no checkpoint: the run continues from the one before."""
+    policy = CheckpointPolicy(every_n_train_steps=2)
+    reference = fit(tmp_path / "reference", max_steps=5, accumulate_grad_batches=2,
+                    callbacks=build_checkpoints(policy, tmp_path / "reference", no_commit))  # fmt: skip
+    with pytest.raises(SIGTERMException):
+        fit(tmp_path, max_steps=5, accumulate_grad_batches=2,
+            callbacks=[*build_checkpoints(policy, tmp_path, no_commit), StopMidAccumulation()])  # fmt: skip
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 2
+    resumed = fit(tmp_path, tmp_path / "last.ckpt", build_checkpoints(policy, tmp_path, no_commit),
+                  max_steps=5, accumulate_grad_batches=2)  # fmt: skip
+    for name, weight in reference.state_dict().items():
+        assert torch.equal(weight, resumed.state_dict()[name]), name
 
 
 def test_the_order_is_a_function_of_seed_and_epoch() -> None:

@@ -13,6 +13,7 @@ The first three live in ``VolumeCheckpointIO``, the strategy's ``CheckpointIO`` 
 calls it on rank 0 for every write and prune); the callback uses public hooks only.
 """
 
+import logging
 import os
 import shutil
 import signal
@@ -29,6 +30,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from tinycats.errors import TinyCatsError
+
+log = logging.getLogger(__name__)
 
 STEP_FILENAME = "step={step:08d}"
 LAST = ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION
@@ -115,8 +118,15 @@ class VolumeCheckpoint(ModelCheckpoint):
     ) -> None:
         # Only a signal stops at a known batch boundary; after any other error the state may be
         # half-updated, and the last periodic checkpoint is the safer place to resume from.
-        if isinstance(exception, SIGTERMException) and not trainer.sanity_checking:
-            self._save_last_if_unsaved(trainer)
+        if not isinstance(exception, SIGTERMException) or trainer.sanity_checking:
+            return
+        if _between_accumulated_batches(trainer):
+            # The gradients summed so far are in no checkpoint: resuming here would step with
+            # part of them. The newest checkpoint on disk is an exact place to continue from.
+            log.warning("Stopped between the batches of one accumulated step: not saving; the "
+                        "run continues from its newest checkpoint.")  # fmt: skip
+            return
+        self._save_last_if_unsaved(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Steps that are not a multiple of every_n_train_steps would otherwise never be saved.
@@ -168,6 +178,13 @@ def resume_where_the_run_stopped(checkpoint: dict[str, Any]) -> None:
 def _zero(counters: dict[str, int]) -> None:
     for key in counters:
         counters[key] = 0
+
+
+def _between_accumulated_batches(trainer: L.Trainer) -> bool:
+    """Whether the last batch added gradients that no optimizer step has used yet."""
+    batches = trainer.fit_loop.epoch_loop.batch_progress
+    done = batches.current.completed % trainer.accumulate_grad_batches == 0
+    return not (done or batches.is_last_batch)  # Lightning steps on an epoch's last batch
 
 
 def _in_main_thread() -> bool:
