@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "benchmarks/configs/chaos"
 CONFIGS = ("classifier", "classifier_midval", "classifier_best", "classifier_accumulate",
            "classifier_partial", "dit", "classifier_ddp")  # fmt: skip
-QUICK_CONFIGS = ("classifier_partial", "dit")
+QUICK_TRIALS = {"classifier_partial": 2, "dit": 1}  # --quick (CI): 3 trials, up to 2 kills
 # The photos: the repo's own sample when it ships one, else the shared copy on these machines.
 PHOTOS = next(
     (p for p in (REPO / "data/sample/images", REPO.parent / "shared/data/oxford-pets-sample/images")
@@ -234,29 +234,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="draws the trials' seeds")
     parser.add_argument("--kills", type=int, default=3, help="at most this many kills a trial")
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=None)
-    parser.add_argument("--quick", action="store_true", help=f"2 trials of {QUICK_CONFIGS}")
+    parser.add_argument("--quick", action="store_true", help=f"trials of {QUICK_TRIALS}")
     parser.add_argument("--replay", type=int, default=None, help="run one trial of this seed")
     parser.add_argument("--photos", type=Path, default=PHOTOS, help="the data source folder")
     args = parser.parse_args(argv)
-    configs = args.configs or (QUICK_CONFIGS if args.quick else CONFIGS)
-    trials_each = 2 if args.quick else args.trials
+    configs = args.configs or (tuple(QUICK_TRIALS) if args.quick else CONFIGS)
+    trials_each = args.trials
+    max_kills = min(args.kills, 2) if args.quick else args.kills
     seed = random.randrange(2**31) if args.seed is None else args.seed
-    print(f"python -m benchmarks.chaos --seed {seed} --trials {trials_each} --ddp-trials "
-          f"{args.ddp_trials} --kills {args.kills} --configs {' '.join(configs)}  "
+    quick = "--quick " if args.quick else ""
+    print(f"python -m benchmarks.chaos {quick}--seed {seed} --trials {trials_each} --ddp-trials "
+          f"{args.ddp_trials} --kills {max_kills} --configs {' '.join(configs)}  "
           f"(photos: {args.photos})", flush=True)  # fmt: skip
     draw = random.Random(seed)
     trials = []
     for config in configs:
         reference, duration = uninterrupted(config, args.photos)
         print(f"{config}: uninterrupted run {duration:.1f} s", flush=True)
-        count = trials_each
+        count = QUICK_TRIALS.get(config, trials_each) if args.quick else trials_each
         if "ddp" in config and not args.quick:
             count = max(1, trials_each // 2) if args.ddp_trials is None else args.ddp_trials
         seeds = [draw.randrange(2**31) for _ in range(count)]
         if args.replay is not None:
             seeds = [args.replay]
         for trial_seed in seeds:
-            trial = run_trial(config, trial_seed, reference, duration, args.kills, args.photos)
+            trial = run_trial(config, trial_seed, reference, duration, max_kills, args.photos)
             trials.append(trial)
             print(f"  seed {trial_seed}: {'equal' if trial.equal else 'DIFFERENT'} "
                   f"{[(k.signal, round(k.at, 1), k.landed, k.code) for k in trial.kills]}",
