@@ -119,10 +119,13 @@ def test_a_finished_run_extended_to_more_steps_sees_the_batches_of_a_longer_run(
 
 
 class StopMidAccumulation(L.Callback):
-    """SIGTERM after the first of two accumulated batches of optimizer step 4 (epoch 1)."""
+    """SIGTERM after the first of two accumulated batches of optimizer step ``step + 1``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
 
     def on_train_batch_end(self, trainer: L.Trainer, module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == 3 and batch_idx == 2:
+        if trainer.global_step == self.step and batch_idx % 2 == 0:
             os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -133,8 +136,12 @@ def test_a_stop_between_accumulated_batches_resumes_to_the_same_weights(tmp_path
                     callbacks=build_checkpoints(policy, tmp_path / "reference", no_commit))  # fmt: skip
     with pytest.raises(SIGTERMException):
         fit(tmp_path, max_steps=5, accumulate_grad_batches=2,
-            callbacks=[*build_checkpoints(policy, tmp_path, no_commit), StopMidAccumulation()])  # fmt: skip
+            callbacks=[*build_checkpoints(policy, tmp_path, no_commit), StopMidAccumulation(3)])  # fmt: skip
     assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 2
+    # Resumed at step 2, the first batch does not step: step 2 must not be saved again there.
+    with pytest.raises(SIGTERMException):
+        fit(tmp_path, tmp_path / "last.ckpt", max_steps=5, accumulate_grad_batches=2,
+            callbacks=[*build_checkpoints(policy, tmp_path, no_commit), StopMidAccumulation(2)])  # fmt: skip
     resumed = fit(tmp_path, tmp_path / "last.ckpt", build_checkpoints(policy, tmp_path, no_commit),
                   max_steps=5, accumulate_grad_batches=2)  # fmt: skip
     for name, weight in reference.state_dict().items():

@@ -113,6 +113,20 @@ class VolumeCheckpoint(ModelCheckpoint):
             signal.signal(signal.SIGINT, self._previous_sigint)
             self._previous_sigint = None
 
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        # Lightning saves by global step, which stays put between the batches of an accumulated
+        # step; right after a resume it would save that step again mid-accumulation, without the
+        # gradients summed so far.
+        if not _between_accumulated_batches(trainer):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
@@ -183,7 +197,7 @@ def _zero(counters: dict[str, int]) -> None:
 def _between_accumulated_batches(trainer: L.Trainer) -> bool:
     """Whether the last batch added gradients that no optimizer step has used yet."""
     batches = trainer.fit_loop.epoch_loop.batch_progress
-    done = batches.current.completed % trainer.accumulate_grad_batches == 0
+    done = batches.current.processed % trainer.accumulate_grad_batches == 0
     return not (done or batches.is_last_batch)  # Lightning steps on an epoch's last batch
 
 
