@@ -250,3 +250,28 @@ def markdown_table(
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+# --- Sections of results.md measured apart from the suite ------------------------------------
+
+
+def kept_section(path: Path, heading: str) -> str:
+    """The section under ``heading`` a results file holds (with a blank line before it), or ""."""
+    text = path.read_text() if path.exists() else ""
+    if heading not in text:
+        return ""
+    rest = text[text.index(heading) :]
+    end = rest.find("\n## ", 1)
+    return "\n" + (rest if end < 0 else rest[: end + 1])
+
+
+def replace_section(path: Path, heading: str, section: str) -> None:
+    """Replace (or add) the section under ``heading`` of a results file."""
+    text = path.read_text() if path.exists() else ""
+    if heading in text:
+        before, _, rest = text.partition(heading)
+        after = rest[rest.find("\n## ") :] if "\n## " in rest else ""
+        text = before + section + after
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.harness import PHOTOS, REPO, markdown_table
+from benchmarks.harness import PHOTOS, REPO, kept_section, markdown_table, replace_section
 
 HEADING = "## Serving"
 CONFIGS = ("configs/classifier_sample.yaml", "configs/dit_sample.yaml")
@@ -144,24 +144,12 @@ def report(figures: dict, repeats: int, draws: int, requests: int) -> str:
 
 def section_of(path: Path) -> str:
     """The serving section a results file holds (with a blank line before it), or nothing."""
-    text = path.read_text() if path.exists() else ""
-    if HEADING not in text:
-        return ""
-    rest = text[text.index(HEADING) :]
-    end = rest.find("\n## ", 1)
-    return "\n" + (rest if end < 0 else rest[: end + 1])
+    return kept_section(path, HEADING)
 
 
 def write_section(path: Path, section: str) -> None:
     """Replace (or add) the serving section of the results file."""
-    text = path.read_text() if path.exists() else ""
-    if HEADING in text:
-        before, _, rest = text.partition(HEADING)
-        after = rest[rest.find("\n## ") :] if "\n## " in rest else ""
-        text = before + section + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    replace_section(path, HEADING, section)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from tinycats.cli import run_cli
 from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints, no_commit
@@ -54,10 +55,10 @@ def test_last_ckpt_copies_the_step_file_of_its_step_instead_of_saving_again(
     trainer = L.Trainer(max_steps=max_steps, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=callbacks, limit_val_batches=0)  # fmt: skip
     serialized: list[str] = []
-    save = trainer.save_checkpoint
-    monkeypatch.setattr(trainer, "save_checkpoint",
-                        lambda path, *args, **kwargs: (serialized.append(Path(path).name),
-                                                       save(path, *args, **kwargs)))  # fmt: skip
+    save = TorchCheckpointIO.save_checkpoint
+    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint",
+                        lambda io, checkpoint, path, *args: (serialized.append(Path(path).name),
+                                                             save(io, checkpoint, path, *args)))  # fmt: skip
     trainer.fit(BoringModel())
     steps = [f"step={s:08d}.ckpt.partial" for s in range(2, max_steps + 1, 2)]
     # A step that ends the run without a step file is serialized into last.ckpt itself.

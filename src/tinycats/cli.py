@@ -28,7 +28,7 @@ from tinycats.errors import (
 from tinycats.models.performance import allow_tf32, auto_precision
 from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints, no_commit
 from tinycats.runs.deadline import AttemptDeadline
-from tinycats.runs.resume import newest_run, resolve_resume
+from tinycats.runs.resume import newest_run, resolve_extension, resolve_resume
 from tinycats.runs.run_dir import RunSpec, model_dir, model_group, resolve_run_dir
 
 log = logging.getLogger("tinycats")
@@ -153,6 +153,9 @@ class TinyCatsCLI(LightningCLI):
                 *self.checkpoints,
                 *extra.get(self.subcommand, []),
             ],
+            # EpochBatches shares the batches between DDP ranks itself: wrapped in Lightning's
+            # DistributedSamplerWrapper its epoch and position would not be saved (plans/0011).
+            use_distributed_sampler=False,
             **kwargs,
         )
 
@@ -163,11 +166,16 @@ class TinyCatsCLI(LightningCLI):
         policy = self.config_init.fit.resume
         finished = self.run.summary()
         if finished and policy in ("auto", "latest"):
-            log.info("Run %s already finished at step %s: %s. Nothing to train; pass a new "
-                     "--run.name to train again.", self.run.path, finished["global_step"],
-                     _format_metrics(finished["metrics"]))  # fmt: skip
-            self.summary = finished
-            return
+            if not _asks_for_more(self.trainer, finished):
+                log.info("Run %s already finished at step %s: %s. Nothing to train; raise "
+                         "trainer.max_steps/max_epochs to extend it, or pass a new --run.name.",
+                         self.run.path, finished["global_step"],
+                         _format_metrics(finished["metrics"]))  # fmt: skip
+                self.summary = finished
+                return
+            kwargs["ckpt_path"] = resolve_extension(self.run.path, model)
+            log.info("Extending run %s past step %s (the LR stays at its schedule's floor).",
+                     self.run.path, finished["global_step"])  # fmt: skip
         if kwargs.get("ckpt_path") is None:
             kwargs["ckpt_path"] = resolve_resume(policy, self.run.path, model)
         if kwargs["ckpt_path"]:
@@ -246,6 +254,13 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(EXIT_FAILED if isinstance(err, TransientError) else EXIT_USAGE) from None
     if summary and summary["status"] == "continue":
         raise SystemExit(EXIT_CONTINUE)
+
+
+def _asks_for_more(trainer: L.Trainer, finished: dict[str, Any]) -> bool:
+    """Whether the trainer's limits go past where a finished run stopped (-1: no limit)."""
+    steps = trainer.max_steps == -1 or trainer.max_steps > finished["global_step"]
+    epochs = trainer.max_epochs in (None, -1) or trainer.max_epochs > finished["epoch"]
+    return steps and epochs
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:

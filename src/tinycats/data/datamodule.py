@@ -150,9 +150,13 @@ class PetsDataModule(L.LightningDataModule):
         # A stateful loader (Lightning checkpoints its position) over epoch-seeded batches: a
         # resumed run continues mid-epoch with exactly the batches it would have seen.
         dataset = self.datasets[split]
+        # Each rank its share of the batches (the trainer has use_distributed_sampler=False).
+        shared = split != "predict" and self.trainer is not None
         batches = EpochBatches(
-            len(dataset), self.hparams.batch_size, self.hparams.split_seed, shuffle
-        )
+            len(dataset), self.hparams.batch_size, self.hparams.split_seed, shuffle,
+            rank=self.trainer.global_rank if shared else 0,
+            world_size=self.trainer.world_size if shared else 1,
+        )  # fmt: skip
         on_device = split != "predict" and self.images_on_device
         workers = 0 if on_device else self._workers()
         return StatefulDataLoader(

@@ -1,10 +1,14 @@
-"""Batches of indices in an order that is a pure function of (seed, epoch)."""
+"""Batches of indices in an order that is a pure function of (seed, epoch), resumable mid-epoch."""
 
+import logging
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import Sampler
+
+log = logging.getLogger(__name__)
 
 
 class EpochBatches(Sampler[list[int]]):
@@ -14,25 +18,82 @@ class EpochBatches(Sampler[list[int]]):
     its later epochs come out in another order. Seeding by epoch makes a resumed run replay
     exactly the batches the uninterrupted run saw. Yielding whole batches lets the dataset
     gather a batch with one indexing operation, also when the images live on the GPU.
+
+    The sampler and its iterator follow torchdata's ``Stateful`` protocol: the sampler saves its
+    epoch, the iterator its position. A ``StatefulDataLoader`` restoring a checkpoint builds its
+    iterator before Lightning calls ``set_epoch``, so without the saved epoch a run resumed in
+    epoch 1 or later would replay epoch 0's order (plans/0011-exact-resume.md).
+
+    Under DDP each rank takes every ``world_size``-th batch, the list padded from its start to a
+    multiple of ``world_size`` (as Lightning's ``DistributedSamplerWrapper`` would share it), so
+    the trainer runs with ``use_distributed_sampler=False`` and this state stays in reach.
     """
 
-    def __init__(self, size: int, batch_size: int, seed: int, shuffle: bool) -> None:
+    def __init__(
+        self, size: int, batch_size: int, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1
+    ) -> None:
         self.size = size
         self.batch_size = batch_size
         self.seed = seed
         self.shuffle = shuffle
+        self.rank = rank
+        self.world_size = world_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if state is None:  # a checkpoint from before the sampler had state
+            log.warning("The checkpoint does not record the sampler's epoch: a run resumed after "
+                        "its first epoch sees other batches than an uninterrupted run would.")  # fmt: skip
+            return
+        self.epoch = state["epoch"]
+
+    def batches(self) -> list[list[int]]:
+        """This rank's batches of indices in this epoch."""
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(self.size, generator=generator)
         else:
             order = torch.arange(self.size)
-        return (batch.tolist() for batch in order.split(self.batch_size))
+        batches = [batch.tolist() for batch in order.split(self.batch_size)]
+        padded = (batches * self.world_size)[: len(self) * self.world_size]
+        return padded[self.rank :: self.world_size]
+
+    def __iter__(self) -> "EpochBatchIterator":
+        return EpochBatchIterator(self)
 
     def __len__(self) -> int:
-        return math.ceil(self.size / self.batch_size)
+        return math.ceil(math.ceil(self.size / self.batch_size) / self.world_size)
+
+
+class EpochBatchIterator(Iterator[list[int]]):
+    """One epoch of an ``EpochBatches``, whose position is its state (restored without drawing)."""
+
+    def __init__(self, sampler: EpochBatches) -> None:
+        self.sampler = sampler
+        self.batches = sampler.batches()
+        self.yielded = 0
+
+    def __next__(self) -> list[int]:
+        if self.yielded >= len(self.batches):
+            raise StopIteration
+        self.yielded += 1
+        return self.batches[self.yielded - 1]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"yielded": self.yielded}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.yielded = state["yielded"]
+        if self.yielded >= len(self.batches):
+            # Saved after the epoch's last batch (a step checkpoint on it, or a stop during the
+            # validation after it): Lightning counts that epoch as done and goes on with this
+            # iterator, without a new iter(), so it must already be the next epoch's.
+            self.sampler.set_epoch(self.sampler.epoch + 1)
+            self.batches = self.sampler.batches()
+            self.yielded = 0

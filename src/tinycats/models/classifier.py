@@ -110,10 +110,13 @@ class CatClassifier(L.LightningModule):
     ) -> torch.Tensor:
         images, targets = batch
         images = to_unit_range(images)
+        generator = step_generator(self.hparams.seed, self.global_step, self.global_rank)
         if self.hparams.augment:
-            generator = step_generator(self.hparams.seed, self.global_step, self.global_rank)
             images = color_jitter(random_flip(random_resized_crop(images, generator), generator),
                                   generator)  # fmt: skip
+        # Dropout in some backbones (MobileNet, EfficientNet) draws from the global RNG, which a
+        # resumed run does not restore: seed it per step as well (plans/0011-exact-resume.md).
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
         loss = F.cross_entropy(self(images), targets, label_smoothing=self.hparams.label_smoothing)
         self.log("train/loss", loss, prog_bar=True)
         return loss

@@ -8,6 +8,19 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 
 
+class FlooredCosineLR(CosineAnnealingLR):
+    """Cosine decay that stays at its floor after ``T_max``, where torch's would rise again.
+
+    Only a run extended past the horizon it started with steps there (plans/0011): its added
+    steps train at the floor, ``final_lr_fraction`` of the peak.
+    """
+
+    def get_lr(self) -> list[float]:
+        if self.last_epoch > self.T_max:
+            return [self.eta_min for _ in self.optimizer.param_groups]
+        return super().get_lr()
+
+
 def warmup_cosine(
     optimizer: Optimizer, total_steps: int, warmup_fraction: float, final_lr_fraction: float = 0.01
 ) -> LRScheduler:
@@ -18,7 +31,7 @@ def warmup_cosine(
     """
     warmup = int(total_steps * warmup_fraction)
     base_lr = optimizer.param_groups[0]["lr"]
-    cosine = CosineAnnealingLR(
+    cosine = FlooredCosineLR(
         optimizer, T_max=max(total_steps - warmup, 1), eta_min=base_lr * final_lr_fraction
     )
     if warmup == 0:

@@ -72,6 +72,27 @@ def resolve_resume(policy: str, run_dir: Path, model: nn.Module) -> Path | None:
     return path
 
 
+def resolve_extension(run_dir: Path, model: nn.Module) -> Path:
+    """The checkpoint a finished run continues from when its config asks for more steps or
+    epochs; refuses (TinyCatsError) when the config changed what that checkpoint can continue."""
+    newest = next(iter(newest_first(resumable_checkpoints(run_dir))), None)
+    if newest is None:
+        raise TinyCatsError(f"{run_dir} finished but holds no last.ckpt or step checkpoint to "
+                            "continue from: train under a new --run.name.")  # fmt: skip
+    problem = _problem_with(newest, {k: v.shape for k, v in model.state_dict().items()})
+    saved = torch.load(newest, map_location="cpu", weights_only=False, mmap=True)
+    names = saved.get("hyper_parameters", {}).get("class_names")
+    wanted = getattr(model, "hparams", {}).get("class_names")
+    if problem is None and names is not None and wanted is not None and list(names) != list(wanted):
+        problem = f"it was trained on other labels ({list(names)}, now {list(wanted)})"
+    if problem:
+        raise TinyCatsError(
+            f"Cannot extend the finished run {run_dir} from {newest.name}: {problem}. Only "
+            "trainer.max_steps/max_epochs may grow; to train this config, pick a new --run.name."
+        )
+    return newest
+
+
 def _problem_with(path: Path, expected: dict[str, torch.Size]) -> str | None:
     """Why a checkpoint cannot resume this model, or None when it can."""
     try:

@@ -1,0 +1,170 @@
+"""Exact resume in-process: a Lightning run restored from any step's checkpoint (or from the
+last.ckpt of a signal stop) sees exactly the batches the uninterrupted run saw from that step
+on, also in epoch 1 and later; and a step's random draws do not depend on the global RNG."""
+
+import os
+import signal
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch.utils.data import TensorDataset
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from tinycats.data.sampler import EpochBatches
+from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints, no_commit
+
+SIZE, BATCH, STEPS = 10, 3, 11  # 4 batches an epoch, the last one partial; ~3 epochs
+
+
+class RecordBatches(L.LightningModule):
+    """A linear model that records the indices of every training batch it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)  # every run starts from the same weights
+        self.layer = torch.nn.Linear(1, 1)
+        self.seen: list[list[int]] = []
+
+    def training_step(self, batch, batch_idx):
+        (indices,) = batch
+        self.seen.append(indices.tolist())
+        return self.layer(indices.float().unsqueeze(1)).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        dataset = TensorDataset(torch.arange(SIZE))
+        sampler = EpochBatches(SIZE, BATCH, seed=3, shuffle=True)
+        return StatefulDataLoader(dataset, sampler=sampler, batch_size=None)
+
+
+class StopAt(L.Callback):
+    """Send this process SIGTERM after ``step`` optimizer steps, as a preemption would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def fit(
+    root: Path,
+    ckpt_path: Path | None = None,
+    callbacks: list[L.Callback] | None = None,
+    max_steps: int = STEPS,
+    **trainer_args,
+) -> RecordBatches:
+    model = RecordBatches()
+    every_step = ModelCheckpoint(dirpath=root, filename="{step}", every_n_train_steps=1,
+                                 save_top_k=-1)  # fmt: skip
+    trainer = L.Trainer(
+        default_root_dir=root, max_steps=max_steps, accelerator="cpu", logger=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        callbacks=callbacks or [every_step], **trainer_args,
+    )  # fmt: skip
+    trainer.fit(model, ckpt_path=ckpt_path)
+    return model
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[list[list[int]], Path]:
+    root = tmp_path_factory.mktemp("reference")
+    return fit(root).seen, root
+
+
+@pytest.mark.parametrize("step", [2, 4, 5, 7, 8, 10], ids=lambda s: f"step{s}")
+def test_a_resumed_run_sees_the_batches_of_the_uninterrupted_run(tmp_path, uninterrupted, step):
+    """Steps 4 and 8 end an epoch (the restored iterator is spent); 5, 7 and 10 are in later epochs."""
+    reference, root = uninterrupted
+    resumed = fit(tmp_path, ckpt_path=root / f"step={step}.ckpt")
+    assert resumed.seen == reference[step:]
+
+
+@pytest.mark.parametrize("step", [4, 6, 8], ids=lambda s: f"step{s}")
+def test_a_run_stopped_by_a_signal_resumes_with_the_batches_of_the_uninterrupted_run(
+    tmp_path, uninterrupted, step
+):
+    """At an epoch's last batch (4, 8) Lightning stops after counting the epoch done, and saves
+    last.ckpt there; resumed as Lightning restores it, the next epoch would have no batch."""
+    reference, _ = uninterrupted
+    checkpoints = build_checkpoints(CheckpointPolicy(every_n_train_steps=3), tmp_path, no_commit)
+    with pytest.raises(SIGTERMException):
+        fit(tmp_path, callbacks=[*checkpoints, StopAt(step)])
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == step
+    resumed = fit(
+        tmp_path, tmp_path / "last.ckpt", build_checkpoints(CheckpointPolicy(), tmp_path, no_commit)
+    )
+    assert resumed.seen == reference[step:]
+
+
+@pytest.mark.parametrize("stop", [6, 8], ids=lambda s: f"step{s}")
+def test_a_finished_run_extended_to_more_steps_sees_the_batches_of_a_longer_run(
+    tmp_path, uninterrupted, stop
+):
+    """A run that reached max_steps mid-epoch (6) or at an epoch's end (8) saves last.ckpt after
+    Lightning counted that epoch done; extended, it goes on with the next batch."""
+    reference, _ = uninterrupted
+    checkpoints = build_checkpoints(CheckpointPolicy(every_n_train_steps=5), tmp_path, no_commit)
+    fit(tmp_path, callbacks=checkpoints, max_steps=stop)
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == stop
+    more = build_checkpoints(CheckpointPolicy(every_n_train_steps=5), tmp_path, no_commit)
+    assert fit(tmp_path, tmp_path / "last.ckpt", more).seen == reference[stop:]
+
+
+class StopMidAccumulation(L.Callback):
+    """SIGTERM after the first of two accumulated batches of optimizer step ``step + 1``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and batch_idx % 2 == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_stop_between_accumulated_batches_resumes_to_the_same_weights(tmp_path) -> None:
+    """The half-summed gradient is in no checkpoint: the run continues from the one before."""
+    policy = CheckpointPolicy(every_n_train_steps=2)
+    reference = fit(tmp_path / "reference", max_steps=5, accumulate_grad_batches=2,
+                    callbacks=build_checkpoints(policy, tmp_path / "reference", no_commit))  # fmt: skip
+    with pytest.raises(SIGTERMException):
+        fit(tmp_path, max_steps=5, accumulate_grad_batches=2,
+            callbacks=[*build_checkpoints(policy, tmp_path, no_commit), StopMidAccumulation(3)])  # fmt: skip
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 2
+    # Resumed at step 2, the first batch does not step: step 2 must not be saved again there.
+    with pytest.raises(SIGTERMException):
+        fit(tmp_path, tmp_path / "last.ckpt", max_steps=5, accumulate_grad_batches=2,
+            callbacks=[*build_checkpoints(policy, tmp_path, no_commit), StopMidAccumulation(2)])  # fmt: skip
+    resumed = fit(tmp_path, tmp_path / "last.ckpt", build_checkpoints(policy, tmp_path, no_commit),
+                  max_steps=5, accumulate_grad_batches=2)  # fmt: skip
+    for name, weight in reference.state_dict().items():
+        assert torch.equal(weight, resumed.state_dict()[name]), name
+
+
+def test_the_order_is_a_function_of_seed_and_epoch() -> None:
+    first, second = EpochBatches(SIZE, BATCH, 3, True), EpochBatches(SIZE, BATCH, 3, True)
+    second.set_epoch(1)
+    pass
+    second.set_epoch(0)
+    pass
+    assert sorted(i for batch in first.batches() for i in batch) == list(range(SIZE))
+
+
+def test_a_training_step_does_not_depend_on_the_global_rng() -> None:
+    """MobileNet's dropout draws from the global RNG, which a resumed run does not restore."""
+    from tinycats.models import CatClassifier
+
+    model = CatClassifier(backbone="mobilenet_v3_small", augment=False)
+    batch = (torch.randint(0, 256, (4, 3, 24, 24), dtype=torch.uint8), torch.tensor([0, 1, 0, 1]))
+    losses = []
+    for state in (1, 2):
+        torch.manual_seed(state)  # as if the process had drawn differently before this step
+        losses.append(model.training_step(batch, 0))
+    assert torch.equal(losses[0], losses[1])
