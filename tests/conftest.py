@@ -1,4 +1,4 @@
-"""Shared test fixtures: the real Oxford-IIIT Pet sample, broken images, archives, a local server.
+"""Shared test fixtures: the real Oxford-IIIT Pet sample (data/sample), broken images, archives, a local server.
 
 `make_broken_images` is a plain function, not a fixture: `from conftest import make_broken_images`.
 """
@@ -17,24 +17,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-PETS_SAMPLE = Path(__file__).resolve().parents[2] / "shared/data/oxford-pets-sample"
-
-
-def _pets_sample_images() -> Path:
-    """Return the folder of real sample photos, skipping the test where it is absent."""
-    images = PETS_SAMPLE / "images"
-    if not images.is_dir():
-        pytest.skip(
-            f"needs the Oxford-IIIT Pet sample photos at {images}, which this checkout lacks; "
-            "it sits next to the repository as shared/data/oxford-pets-sample"
-        )
-    return images
+PETS_SAMPLE = Path(__file__).resolve().parents[1] / "data/sample/images"
 
 
 @pytest.fixture(scope="session")
 def pets_sample() -> Path:
-    """Folder of the 296 real sample photos (`<Breed>_<n>.jpg`); skips the test where absent."""
-    return _pets_sample_images()
+    """Folder of the 296 real sample photos (`<Breed>_<n>.jpg`) that ship with the repository."""
+    return PETS_SAMPLE
 
 
 # --- Broken images ---------------------------------------------------------------------------
@@ -45,9 +34,9 @@ def make_broken_images(folder: Path) -> dict[str, Path]:
 
     Kinds: "truncated" (first 40 % of a real JPEG), "grayscale", "cmyk", "png_as_jpg" (PNG data
     named .jpg) and "not_an_image" (text named .jpg). Names start with a cat breed, so they land
-    in cat classes. Skips the calling test where the real sample photos are absent.
+    in cat classes.
     """
-    source = sorted(_pets_sample_images().glob("Bengal_*.jpg"))[0]
+    source = sorted(PETS_SAMPLE.glob("Bengal_*.jpg"))[0]
     folder.mkdir(parents=True, exist_ok=True)
     paths = {
         kind: folder / f"Bengal_{9001 + i}.jpg"
