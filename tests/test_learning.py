@@ -62,11 +62,12 @@ def test_classifier_learns_a_visible_class_far_above_chance(tmp_path: Path) -> N
     assert summary["metrics"]["val/acc"] >= 0.8  # chance is 0.5; 48 validation images
 
 
-def test_readme_main_job_beats_the_majority_class_on_real_photos(tmp_path: Path) -> None:
+def test_readme_main_job_stays_near_the_majority_class_over_two_seeds(tmp_path: Path) -> None:
     # The README's first command, as shipped, over two seeds: each seed changes the start
     # weights, the augmentation, the training order and which photos validate (29 cats, 60 dogs
-    # each time). One seed's figure depends on the CPU's rounding; the margin of two does not.
-    # `python -m benchmarks.demo_seeds` measured MARGIN_MEASURED over five seeds.
+    # each time). From scratch on 207 photos it does not beat always answering "dog" reliably
+    # (ADR 0012: no recipe measured does), so this asserts only what holds on any CPU:
+    # the mean of two seeds is not far below that, as a broken pipeline would be.
     results = [run_seed(seed, tmp_path) for seed in (0, 1)]
     assert all(r.total == 89 and r.majority == 60 for r in results)
-    assert statistics.mean(r.acc - r.majority_acc for r in results) > MARGIN_ASSERTED
+    assert statistics.mean(r.acc - r.majority_acc for r in results) > -0.05
