@@ -41,12 +41,7 @@ CONFIG_DIR = REPO / "benchmarks/configs/chaos"
 CONFIGS = ("classifier", "classifier_midval", "classifier_best", "classifier_accumulate",
            "classifier_partial", "dit", "classifier_ddp")  # fmt: skip
 QUICK_TRIALS = {"classifier_partial": 2, "dit": 1}  # --quick (CI): 3 trials, up to 2 kills
-# The photos: the repo's own sample when it ships one, else the shared copy on these machines.
-PHOTOS = next(
-    (p for p in (REPO / "data/sample/images", REPO.parent / "shared/data/oxford-pets-sample/images")
-     if p.is_dir()),
-    REPO / "data/sample/images",
-)  # fmt: skip
+PHOTOS = REPO / "data/sample/images"  # the sample that ships with the repository
 RUN = "checkpoints/*/2026-01-01/chaos"
 SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGINT": signal.SIGINT}
 STOP_TIMEOUT = 180  # seconds a signalled run may take to stop before it counts as hung

@@ -130,8 +130,6 @@ def container_start(root: Path, name: str) -> dict[str, float | None]:
 def measure(repeats: int = 3, retry: bool = True) -> list[Start]:
     """The client's imports (median of ``repeats``) and a container's start with an empty data
     volume, then (``retry``) again with the cache on it."""
-    if not PHOTOS.is_dir():
-        raise SystemExit(f"needs the Oxford-IIIT Pet sample photos at {PHOTOS}")
     client = median_seconds(IMPORT_REMOTE, repeats)
     modal_only = median_seconds(IMPORT_MODAL, repeats)
     with tempfile.TemporaryDirectory() as tmp:

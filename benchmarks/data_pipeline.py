@@ -1,6 +1,6 @@
 """Images/s delivered to the model: the uint8 cache against ImageFolder + JPEG decoding.
 
-Same photos (the shared Oxford-IIIT Pet sample), same resolution, same batch size, same run.
+Same photos (the Oxford-IIIT Pet sample in ``data/sample``), same resolution, same batch size, same run.
 The comparison pipeline decodes, crops and flips each image and copies the batch to the
 training device; the cache is shown as delivered and with the same crop and flip applied to the
 batch. On a GPU the cache lives on the GPU (the data module's ``on_device``), so both run there.

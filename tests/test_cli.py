@@ -1,4 +1,4 @@
-"""The real ``tinycats`` command on tiny configs and the shared real photos."""
+"""The real ``tinycats`` command on tiny configs and the shipped real photos."""
 
 import json
 import os

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import make_broken_images
+from helpers.photos import make_broken_images
 
 pytestmark = [
     pytest.mark.slow,  # the two tiny runs take ~25 s on an idle machine

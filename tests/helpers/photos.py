@@ -7,21 +7,14 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
-PETS_SAMPLE = Path(__file__).resolve().parents[3] / "shared/data/oxford-pets-sample"
+PETS_SAMPLE = Path(__file__).resolve().parents[2] / "data/sample/images"
 
 
 def pets_sample_images() -> Path:
-    """Return the folder of real sample photos, skipping the test where it is absent."""
-    images = PETS_SAMPLE / "images"
-    if not images.is_dir():
-        pytest.skip(
-            f"needs the Oxford-IIIT Pet sample photos at {images}, which this checkout lacks; "
-            "it sits next to the repository as shared/data/oxford-pets-sample"
-        )
-    return images
+    """The folder of the 296 real sample photos that ship with the repository (data/sample)."""
+    return PETS_SAMPLE
 
 
 # --- Broken images ---------------------------------------------------------------------------
