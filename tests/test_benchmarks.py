@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from tinycats.models import CatClassifier, DiTGenerator
+from tinycats.performance import auto_precision
+
 REPO = Path(__file__).resolve().parents[1]
 
 SUMMARY_COLUMNS = [
-    "config", "batch", "img/s", "data", "forward+backward", "optimizer", "checkpoint", "other",
+    "config", "batch", "precision", "vs fp32", "img/s", "data", "forward+backward", "optimizer", "checkpoint", "other",
     "TFLOP/s", "% of peak", "Lightning vs raw", "import s", "first step s",
 ]  # fmt: skip
 
@@ -52,9 +55,16 @@ def test_the_quick_suite_writes_the_summary_and_every_part(pets_sample, tmp_path
         "tests/configs/dit_tiny.yaml",
     ]
     for row in rows:
-        shares = [float(cell.rstrip("%")) for cell in row[3:8]]
+        shares = [float(cell.rstrip("%")) for cell in row[5:10]]
         assert sum(shares) == pytest.approx(100, abs=0.5)  # the parts make up the whole step
-        assert all(float(cell.replace(",", "")) > 0 for cell in (row[2], row[11], row[12]))
+        assert all(float(cell.replace(",", "")) > 0 for cell in (row[4], row[13], row[14]))
+        assert float(row[3].rstrip("x")) > 0
+    # Each config in the precision `tinycats fit` would pick here.
+    assert [row[2] for row in rows] == [
+        auto_precision(None, model=CatClassifier()) or "32-true",
+        auto_precision(None, model=DiTGenerator(arch="tiny")) or "32-true",
+    ]
+    assert "- fp32 peak: " in report
 
 
 @pytest.mark.parametrize(

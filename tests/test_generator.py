@@ -12,8 +12,11 @@ from tinycats.checkpoint import CheckpointPolicy, build_checkpoints, no_commit
 from tinycats.data import PetsDataModule
 from tinycats.models import DiTGenerator
 from tinycats.models.generator import GeneratorEMA, drop_labels
+from tinycats.performance import auto_precision
 
 SIZE = 16
+# The precision `tinycats fit` picks on this machine for the tiny DiT these tests train.
+PRECISION = auto_precision(None, "cpu", DiTGenerator(num_classes=4, arch="tiny", image_size=SIZE))
 
 
 def _pattern(kind: int, generator: torch.Generator) -> torch.Tensor:
@@ -59,7 +62,7 @@ def _datamodule(tmp_path: Path, classes: int, per_class: int, batch_size: int) -
 def _trainer(max_steps: int, **kwargs) -> L.Trainer:
     return L.Trainer(
         max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, **kwargs,
+        enable_model_summary=False, num_sanity_val_steps=0, precision=PRECISION, **kwargs,
     )  # fmt: skip
 
 

@@ -17,7 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tinycats.checkpoint import CheckpointPolicy, build_checkpoints, no_commit
 from tinycats.data import PetsDataModule
 from tinycats.errors import TinyCatsError
-from tinycats.performance import allow_tf32, auto_precision
+from tinycats.performance import allow_tf32, choose_precision, default_device_type
 from tinycats.predictions import PrintPredictions
 from tinycats.resume import newest_run, resolve_resume
 from tinycats.run import RunSpec, model_dir, resolve_run_dir
@@ -72,7 +72,8 @@ class TinyCatsCLI(LightningCLI):
         parser.add_class_arguments(CheckpointPolicy, "checkpoint")
         parser.add_argument(
             "--tf32", type=bool, default=True,
-            help="allow TF32 matmuls on GPUs (trainer.precision unset means bf16-mixed on GPUs).",
+            help="allow TF32 matmuls on GPUs (trainer.precision unset means bf16-mixed where the "
+            "GPU or CPU computes bfloat16 natively).",
         )  # fmt: skip
         parser.add_argument(
             "--resume", default="auto",
@@ -105,8 +106,11 @@ class TinyCatsCLI(LightningCLI):
         self.checkpoints = build_checkpoints(config.checkpoint, self.run.path, self.commit_outputs)
         extra = [PrintPredictions()] if self.subcommand == "predict" else []
         allow_tf32(config.tf32)
+        device_type = _device_type(config.trainer.accelerator)
+        precision = choose_precision(config.trainer.precision, device_type, self.model)
+        log.info("Precision: %s, as %s.", precision.precision or "32-true", precision.reason)
         return super().instantiate_trainer(
-            precision=auto_precision(config.trainer.precision),
+            precision=precision.precision,
             default_root_dir=str(self.run.path),
             # fit logs into the run directory; validate/test/predict into their own folder, so
             # they never rewrite the training history.
@@ -198,6 +202,14 @@ def _model_group(class_path: str) -> str:
     module, _, name = class_path.rpartition(".")
     model_class = getattr(importlib.import_module(module), name)
     return getattr(model_class, "run_group", name.lower())
+
+
+def _device_type(accelerator: Any) -> str:
+    """The device type a Trainer with ``accelerator`` trains on, as far as precision cares."""
+    name = str(accelerator).lower()
+    if name == "auto":
+        return default_device_type()
+    return "cuda" if name == "gpu" else name
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:

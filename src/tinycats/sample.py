@@ -11,6 +11,7 @@ from tinycats.errors import TinyCatsError
 from tinycats.grid import save_labelled_grid
 from tinycats.models.flow import METHODS
 from tinycats.models.generator import DiTGenerator
+from tinycats.performance import autocast, choose_precision
 from tinycats.resume import newest_first, resumable_checkpoints
 
 log = logging.getLogger(__name__)
@@ -19,7 +20,8 @@ DESCRIPTION = """\
 Draw cats with a TinyDiT trained by `tinycats fit -c configs/dit.yaml`, and save them as one
 PNG grid with a row per breed. The checkpoint's EMA weights are used. Runs on the GPU when
 there is one, else on the CPU (slow for the big models: try --n 4 --steps 20). The same
-checkpoint, options and --seed give the same picture.
+checkpoint, options and --seed give the same picture on the same machine (in bf16 where the
+processor computes it natively, as `tinycats fit` trains).
 
 examples:
   tinycats sample --ckpt outputs/checkpoints/dit/2025-01-31/sample --breed all --n 8
@@ -36,10 +38,13 @@ def main(argv: list[str]) -> None:
     breeds = _chosen_breeds(args.breed, model.class_labels)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
+    precision = choose_precision(None, device.type, model)
+    log.info("Precision: %s, as %s.", precision.precision or "32-true", precision.reason)
     classes = torch.tensor([model.class_labels.index(b) for b in breeds]).repeat_interleave(args.n)
-    images = model.generate(
-        classes, seed=args.seed, steps=args.steps, cfg_scale=args.cfg, method=args.method
-    )
+    with autocast(precision.precision, device):
+        images = model.generate(
+            classes, seed=args.seed, steps=args.steps, cfg_scale=args.cfg, method=args.method
+        )
     out = Path(args.out)
     save_labelled_grid(images, breeds, out)
     print(f"Saved {len(breeds)} × {args.n} samples to {out}")
