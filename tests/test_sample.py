@@ -8,9 +8,10 @@ import torch
 from PIL import Image
 from torchvision.transforms.functional import pil_to_tensor
 
+from tinycats import performance
 from tinycats.cli import EXIT_USAGE, main
 from tinycats.grid import PADDING, save_labelled_grid
-from tinycats.models import CatClassifier
+from tinycats.models import CatClassifier, DiTGenerator
 from tinycats.sample import load_generator
 
 TINY_CONFIG = Path(__file__).parent / "configs" / "dit_tiny.yaml"
@@ -124,3 +125,22 @@ def test_grid_labels_each_row(tmp_path: Path):
     for row in range(2):
         top = PADDING + row * (SIZE + PADDING)
         assert (pixels[top : top + SIZE, :margin] < 128).any(), f"row {row} has no label"
+
+
+def test_sample_runs_in_the_precision_the_machine_chooses(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    autocast_seen = []
+    generate = DiTGenerator.generate
+
+    def spy(self, *args, **kwargs):
+        autocast_seen.append(torch.is_autocast_enabled("cpu"))
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(DiTGenerator, "generate", spy)
+    monkeypatch.setattr(performance, "cpu_bf16_features", lambda: ("amx_bf16",))
+    # The tiny DiT as if it were wide enough for bf16 to pay, then as it is.
+    for min_width, bf16 in ((0, True), (10**6, False)):
+        monkeypatch.setattr(DiTGenerator, "cpu_bf16_min_width", min_width)
+        _sample(tmp_path, run_dir / "last.ckpt", "p.png", "--breed", "Bengal", "--n", "1")
+        assert autocast_seen.pop() is bf16
