@@ -89,3 +89,17 @@ def test_gpu_peaks_are_the_published_ones_or_the_measured_one(name, tflops, monk
     peak = device_peak(torch.device("cuda"), measured=1.0)
     assert peak.flops == (1.0 if tflops is None else tflops * 1e12)
     assert name in peak.source
+
+
+def test_the_precision_part_times_both_precisions_of_each_model(monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO))
+    from benchmarks.precision import measure
+
+    threads = torch.get_num_threads()
+    try:
+        report = measure(["dit-tiny"], steps=1, warmup=0)
+    finally:
+        torch.set_num_threads(threads)
+    header, row = first_table(report, "GFLOP/s.")
+    assert header[0] == "model" and row[0].startswith("DiT tiny")
+    assert all(float(cell.rstrip("%x").replace(",", "")) > 0 for cell in row[1:])
