@@ -221,7 +221,9 @@ class InStep(L.Callback):
         self.between: list[float] = []  # seconds spent here after each step
         self.raw_steps: list[float] = []
         self.raw_fp32_steps: list[float] = []
-        self.matmul: dict[str, list[float]] = {kind: [] for kind in DTYPES if bf16 or kind == "fp32"}
+        self.matmul: dict[str, list[float]] = {
+            kind: [] for kind in DTYPES if bf16 or kind == "fp32"
+        }
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int) -> None:
         synchronize(pl_module.device)
