@@ -3,8 +3,9 @@
     python -m benchmarks [--quick] [--out benchmarks/results.md]
 
 One summary row per training config (configs/classifier.yaml, dit.yaml, dit_128.yaml), then
-each part's own table. On a GPU the configs train at their configured batch in bf16-mixed; on a
-CPU at a sixteenth of it (see benchmarks/harness.py). ``--quick`` is sized for CI: the tiny test
+each part's own table. On a GPU the configs train at their configured batch, on a CPU at a
+sixteenth of it, each in the precision ``tinycats fit`` picks on this machine (see
+benchmarks/harness.py); the throughput part also times float32 beside it. ``--quick`` is sized for CI: the tiny test
 configs, 3 timed steps, one epoch per data pipeline, one import per client row, no retry start.
 """
 
@@ -37,8 +38,11 @@ SUMMARY_NOTES = """\
 - **shares** of that step, from Lightning's SimpleProfiler (see *Step split*): data (fetch and
   copy to the device), forward+backward, optimizer (AdamW step, zero_grad), checkpoint (save,
   prune, commit, amortised), other (EMA update, LR scheduler, logging, Lightning's bookkeeping).
+- **precision**: what `tinycats fit` picks on this machine (trainer.precision unset);
+  **vs fp32**: the float32 raw step over the raw step in that precision, step by step in one
+  process (see *Training throughput*).
 - **TFLOP/s**: FLOPs of one training step (torch's FlopCounterMode) over that step's time;
-  **% of peak** against the peak named above.
+  **% of peak** against the peak of its precision named above.
 - **Lightning vs raw**: `Trainer.fit` against a plain loop over the same module's
   `training_step`, both without EMA and checkpoints (see *Training throughput*).
 - **import s / first step s**: a fresh process, from its start to the training stack imported,
@@ -64,7 +68,7 @@ def main() -> None:
     pipelines = data_pipeline.measure(epochs=1 if args.quick else 3)
     resume = checkpoint.resume_latency()
     container = cold_start.measure(repeats=1 if args.quick else 3, retry=not args.quick)
-    peak = throughput.measured_peak(speeds, device)
+    peaks = throughput.measured_peaks(speeds, device)
 
     mode = ("`--quick` (CI sizes; not for comparing)" if args.quick else "full") + (
         f": {sizes.warmup} warm-up + {sizes.steps} timed steps per measurement"
@@ -74,9 +78,10 @@ def main() -> None:
         f"`python -m benchmarks{' --quick' if args.quick else ''}`, {mode}; "
         f"{time.perf_counter() - began:.0f} s in all.",
         "## Machine\n\n" + machine(load, os.getloadavg()),
-        f"## Summary\n\nPeak: {peak.flops / 1e12:,.3f} TFLOP/s, the {peak.source}.\n\n"
-        + summary(speeds, splits, starts, peak) + "\n\n" + SUMMARY_NOTES,
-        "## Training throughput (`benchmarks/throughput.py`)\n\n" + throughput.table(speeds, peak),
+        "## Summary\n\n" + throughput.describe_peaks(peaks) + "\n\n"
+        + summary(speeds, splits, starts, peaks) + "\n\n" + SUMMARY_NOTES,
+        "## Training throughput (`benchmarks/throughput.py`)\n\n"
+        + throughput.table(speeds, peaks),
         "## Step split (`benchmarks/step_split.py`)\n\n" + step_split.table(splits),
         "## Checkpoints (`benchmarks/checkpoint.py`)\n\n" + checkpoint.table(splits, resume),
         "## Data pipeline (`benchmarks/data_pipeline.py`)\n\n" + data_pipeline.table(pipelines),
@@ -95,16 +100,18 @@ def summary(
     speeds: list[throughput.Throughput],
     splits: list[step_split.StepSplit],
     starts: list[tuple[float, float]],
-    peak: throughput.Peak,
+    peaks: dict[str, throughput.Peak],
 ) -> str:
     """One row per config: speed, where the step goes, FLOP/s, Lightning's cost, cold start."""
-    header = ["config", "batch", "img/s", "data", "forward+backward", "optimizer", "checkpoint",
+    header = ["config", "batch", "precision", "vs fp32", "img/s", "data", "forward+backward", "optimizer", "checkpoint",
               "other", "TFLOP/s", "% of peak", "Lightning vs raw", "import s", "first step s"]  # fmt: skip
     rows = []
     for speed, split, (imported, first) in zip(speeds, splits, starts, strict=True):
         flops = speed.flops / split.amortized_step
         shares = [f"{share:.1%}" for share in split.shares().values()]
-        rows.append((speed.config, speed.batch, f"{speed.batch / split.amortized_step:,.1f}",
+        peak = throughput.peak_of(speed, peaks)
+        rows.append((speed.config, speed.batch, speed.precision, f"{speed.speedup:.2f}x",
+                     f"{speed.batch / split.amortized_step:,.1f}",
                      *shares, f"{flops / 1e12:.3f}", f"{flops / peak.flops:.1%}",
                      f"{speed.lightning_overhead:+.1%}", f"{imported:.1f}", f"{first:.1f}"))  # fmt: skip
     return markdown_table(header, rows)

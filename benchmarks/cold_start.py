@@ -171,7 +171,7 @@ def first_step_here(config: str, quick: bool, photos: str, root: str) -> float:
     workload = load_workload(config, device, quick)
     setup = Setup(device, sizes_for(device, quick), [workload], Path(photos), Path(root))
     end = _FirstStepEnd()
-    trainer(device, max_steps=1, callbacks=[end]).fit(
+    trainer(device, max_steps=1, callbacks=[end], precision=workload.precision).fit(
         workload.module(), datamodule=workload.data(setup)
     )
     return end.time

@@ -3,8 +3,9 @@
 A workload is one training config of ``configs/`` (model class and arguments, labels, image
 size, batch, checkpoint cadence) run as its long run spends most steps: trained from scratch
 (no download), the EMA updating every step, no sample grids or validation. On a GPU it trains
-at the configured batch, in the precision ``tinycats fit`` picks (bf16-mixed) with TF32 on; on a
-CPU at a sixteenth of that batch. ``--quick`` runs the tiny test configs at their own batch
+at the configured batch with TF32 on; on a CPU at a sixteenth of that batch. Either way in the
+precision ``tinycats fit`` picks on this machine (``Workload.precision``): bf16-mixed where the
+processor computes bfloat16 natively and the model is faster so, else float32. ``--quick`` runs the tiny test configs at their own batch
 instead, for CI. The photos are the Oxford-IIIT Pet sample shipped in ``data/sample``, repeated under new names
 until one epoch holds every timed step.
 """
@@ -20,7 +21,7 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from tinycats.data import PetsDataModule
 from tinycats.data.catalog import build_catalog, class_names_for
-from tinycats.models.performance import allow_tf32, auto_precision
+from tinycats.models.performance import allow_tf32, auto_precision, default_device_type
 from tinycats.runs.run_dir import model_class, read_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,6 +63,7 @@ class Workload:
     image_size: int
     batch: int
     checkpoint_every: int
+    precision: str | None  # as ``tinycats fit`` chooses it here (None: 32-true)
 
     @property
     def name(self) -> str:
@@ -97,7 +99,7 @@ class Setup:
 
 def training_device() -> torch.device:
     """The first GPU if there is one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(default_device_type())
 
 
 def sizes_for(device: torch.device, quick: bool) -> Sizes:
@@ -113,7 +115,7 @@ def load_workload(config: str, device: torch.device, quick: bool) -> Workload:
     batch = spec["data"]["batch_size"]
     if device.type == "cpu" and not quick:
         batch = max(2, batch // CPU_BATCH_DIVISOR)
-    return Workload(
+    workload = Workload(
         config=config,
         model_class=model_class(spec["model"]["class_path"]),
         model_args=spec["model"].get("init_args", {}),
@@ -121,7 +123,10 @@ def load_workload(config: str, device: torch.device, quick: bool) -> Workload:
         image_size=spec["data"]["image_size"],
         batch=batch,
         checkpoint_every=spec["checkpoint"]["every_n_train_steps"],
+        precision=None,
     )
+    requested = (spec.get("trainer") or {}).get("precision")
+    return replace(workload, precision=auto_precision(requested, device.type, workload.module()))
 
 
 @contextmanager
@@ -169,10 +174,10 @@ def _repeat_photos(setup: Setup) -> None:
 def trainer(
     device: torch.device, max_steps: int, callbacks: Sequence[L.Callback] = (), **kwargs: Any
 ) -> L.Trainer:
-    """A Trainer as ``tinycats fit`` builds it, for training only: no logger, bar or validation."""
+    """A Trainer as ``tinycats fit`` builds it, for training only: no logger, bar or validation;
+    ``precision=workload.precision`` to train as ``tinycats fit`` would."""
     return L.Trainer(
-        accelerator=device.type, devices=1, precision=auto_precision(None),
-        max_steps=max_steps, logger=False, enable_progress_bar=False,
+        accelerator=device.type, devices=1, max_steps=max_steps, logger=False, enable_progress_bar=False,
         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
         callbacks=list(callbacks),
         enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks), **kwargs,

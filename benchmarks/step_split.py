@@ -82,9 +82,13 @@ def profile_steps(workload: Workload, setup: Setup, folder: Path) -> StepSplit:
     hooks = ["on_after_batch_transfer", "training_step", "on_after_backward", "optimizer_step"]
     synchronize_after(module, hooks, setup.device)
     total = setup.sizes.warmup + setup.sizes.steps + 1
-    trainer(setup.device, total, callbacks=[timer, *checkpoints], profiler=profiler).fit(
-        module, datamodule=workload.data(setup)
-    )
+    trainer(
+        setup.device,
+        total,
+        callbacks=[timer, *checkpoints],
+        profiler=profiler,
+        precision=workload.precision,
+    ).fit(module, datamodule=workload.data(setup))
     calls = profiler.recorded_durations
 
     def per_step(prefix: str, suffix: str) -> list[float]:

@@ -9,10 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from tinycats.models import CatClassifier, DiTGenerator
+from tinycats.models.performance import auto_precision
+
+from helpers.dit import TINY_DIT
+
 REPO = Path(__file__).resolve().parents[1]
 
 SUMMARY_COLUMNS = [
-    "config", "batch", "img/s", "data", "forward+backward", "optimizer", "checkpoint", "other",
+    "config", "batch", "precision", "vs fp32", "img/s", "data", "forward+backward", "optimizer", "checkpoint", "other",
     "TFLOP/s", "% of peak", "Lightning vs raw", "import s", "first step s",
 ]  # fmt: skip
 
@@ -52,9 +57,16 @@ def test_the_quick_suite_writes_the_summary_and_every_part(pets_sample, tmp_path
         "tests/configs/dit_tiny.yaml",
     ]
     for row in rows:
-        shares = [float(cell.rstrip("%")) for cell in row[3:8]]
+        shares = [float(cell.rstrip("%")) for cell in row[5:10]]
         assert sum(shares) == pytest.approx(100, abs=0.5)  # the parts make up the whole step
-        assert all(float(cell.replace(",", "")) > 0 for cell in (row[2], row[11], row[12]))
+        assert all(float(cell.replace(",", "")) > 0 for cell in (row[4], row[13], row[14]))
+        assert float(row[3].rstrip("x")) > 0
+    # Each config in the precision `tinycats fit` would pick here.
+    assert [row[2] for row in rows] == [
+        auto_precision(None, model=CatClassifier()) or "32-true",
+        auto_precision(None, model=DiTGenerator(**TINY_DIT)) or "32-true",
+    ]
+    assert "- fp32 peak: " in report
 
 
 @pytest.mark.parametrize(
@@ -79,3 +91,17 @@ def test_gpu_peaks_are_the_published_ones_or_the_measured_one(name, tflops, monk
     peak = device_peak(torch.device("cuda"), measured=1.0)
     assert peak.flops == (1.0 if tflops is None else tflops * 1e12)
     assert name in peak.source
+
+
+def test_the_precision_part_times_both_precisions_of_each_model(monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO))
+    from benchmarks.precision import measure
+
+    threads = torch.get_num_threads()
+    try:
+        report = measure(["dit-tiny"], steps=1, warmup=0)
+    finally:
+        torch.set_num_threads(threads)
+    header, row = first_table(report, "GFLOP/s.")
+    assert header[0] == "model" and row[0].startswith("DiT tiny")
+    assert all(float(cell.rstrip("%x").replace(",", "")) > 0 for cell in row[1:])

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from tinycats.models import CatClassifier
+from tinycats.models.performance import auto_precision
+
 from helpers.commands import tiny_overrides
 from helpers.photos import make_broken_images
 
@@ -61,10 +64,12 @@ def test_rerunning_a_finished_run_trains_nothing(trained, pets_sample: Path) -> 
 
 def test_validate_test_and_predict_use_the_checkpoint(trained, pets_sample: Path) -> None:
     tmp, run = trained
+    chosen = auto_precision(None, model=CatClassifier()) or "32-true"
     for command, prefix in (("validate", "val"), ("test", "test")):
         done = tinycats(command, *tiny_args(tmp, pets_sample, f"--ckpt_path={run / 'last.ckpt'}"))
         assert done.returncode == 0, done.stderr[-2000:]
         assert f"{prefix}/acc" in done.stdout
+        assert f"Precision: {chosen}, as " in done.stderr  # the machine's choice, logged
     photos = [sorted(pets_sample.glob("Sphynx_*.jpg"))[0], sorted(pets_sample.glob("pug_*.jpg"))[0]]
     done = tinycats("predict", *tiny_args(tmp, pets_sample, f"--ckpt_path={run / 'last.ckpt'}",
                                           f"--data.predict_paths=[{photos[0]},{photos[1]}]"))  # fmt: skip
@@ -72,6 +77,16 @@ def test_validate_test_and_predict_use_the_checkpoint(trained, pets_sample: Path
     lines = [line.split("\t") for line in done.stdout.splitlines() if "\t" in line]
     assert [Path(line[0]) for line in lines] == photos
     assert all(line[1] in ("cat", "dog") and 0.5 <= float(line[2]) <= 1 for line in lines)
+    assert done.stderr.count(f"Precision: {chosen}, as ") == 1
+
+
+def test_an_explicit_precision_wins(trained, pets_sample: Path) -> None:
+    tmp, run = trained
+    other = "32-true" if auto_precision(None, model=CatClassifier()) else "bf16-mixed"
+    done = tinycats("validate", *tiny_args(tmp, pets_sample, f"--ckpt_path={run / 'last.ckpt'}",
+                                           f"--trainer.precision={other}"))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"Precision: {other}, as set by trainer.precision" in done.stderr
 
 
 def test_predict_on_a_file_that_is_not_an_image_fails_clearly(trained, pets_sample: Path) -> None:

@@ -1,4 +1,5 @@
-"""The GPU fast paths, exercised on the CPU: each gives the plain path's loss on a fixed batch."""
+"""The fast paths, exercised on the CPU: each gives the plain path's loss on a fixed batch, and
+bf16 is chosen exactly where the processor computes it natively."""
 
 import logging
 from pathlib import Path
@@ -9,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from tinycats.data import PetsDataModule
-from tinycats.models import CatClassifier
-from tinycats.models.performance import CompiledOrEager, auto_precision
+from tinycats.models import CatClassifier, DiTGenerator, performance
+from tinycats.models.performance import CompiledOrEager, auto_precision, choose_precision
 
 from helpers.dit import TINY_DIT
 
@@ -44,13 +45,57 @@ def test_bf16_autocast_gives_the_float32_loss_within_tolerance(batch) -> None:
 
 
 def test_precision_is_bf16_on_gpus_that_have_it_unless_set(monkeypatch) -> None:
-    assert auto_precision(None) is None  # this CPU: Lightning's default, 32-true
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA L4")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda **_: True)
     assert auto_precision(None) == "bf16-mixed"
     assert auto_precision("32-true") == "32-true"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda **_: False)
     assert auto_precision(None) is None
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "found"),
+    [
+        ({"avx512_bf16": True, "amx_bf16": True, "avx2": True}, ("amx_bf16", "avx512_bf16")),
+        ({"avx512_bf16": True, "amx_bf16": False}, ("avx512_bf16",)),
+        ({"amx_bf16": True}, ("amx_bf16",)),
+        ({"avx512_f": True, "avx512_bf16": False, "amx_bf16": False}, ()),  # emulated bf16 only
+        ({"architecture": "arm64", "bf16": True}, ()),  # not measured there: float32
+    ],
+)
+def test_cpu_bf16_means_avx512_bf16_or_amx(capabilities, found, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    assert performance.cpu_bf16_features() == found
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert auto_precision(None) == ("bf16-mixed" if found else None)
+    assert auto_precision("32-true") == "32-true"  # an explicit precision always wins
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert performance.cpu_bf16_features() == ()  # nothing to run bf16 kernels with
+
+
+def test_cpu_features_agree_with_proc_cpuinfo() -> None:
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo on this system")
+    flags = set(cpuinfo.read_text().split())
+    expected = tuple(f for f in performance.CPU_BF16_FEATURES if f in flags)
+    assert performance.cpu_bf16_features() == expected
+
+
+def test_a_model_slower_in_bf16_on_cpus_stays_float32(monkeypatch) -> None:
+    monkeypatch.setattr(performance, "cpu_bf16_features", lambda: ("amx_bf16",))
+    small, big = (DiTGenerator(num_classes=2, arch=arch) for arch in ("tiny", "S-4-64"))
+    assert not small.cpu_bf16 and big.cpu_bf16  # measured: 0.62x and 1.86x (ADR 0014)
+
+    chosen = choose_precision(None, "cpu", small)
+    assert chosen.precision is None and "DiTGenerator" in chosen.reason
+    assert choose_precision(None, "cpu", big).precision == "bf16-mixed"
+    assert choose_precision(None, "cpu", classifier()).precision == "bf16-mixed"
+    assert choose_precision("bf16-mixed", "cpu", small).precision == "bf16-mixed"
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA L4")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda **_: True)
+    assert choose_precision(None, "cuda", small).precision == "bf16-mixed"  # the rule is CPUs'
 
 
 def test_channels_last_gives_the_same_loss(batch) -> None:
@@ -98,7 +143,6 @@ def test_images_on_the_device_give_the_same_batches_as_worker_loading(
 
 
 def test_the_dit_falls_back_to_eager_with_the_same_loss(monkeypatch) -> None:
-    from tinycats.models import DiTGenerator
     from tinycats.networks.flow import flow_loss
 
     monkeypatch.setattr(

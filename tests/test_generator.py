@@ -12,11 +12,14 @@ from tinycats.data import PetsDataModule
 from tinycats.models import DiTGenerator
 from tinycats.models.ema import GeneratorEMA
 from tinycats.models.generator import drop_labels
+from tinycats.models.performance import auto_precision
 from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints, no_commit
 
 from helpers.dit import TINY_DIT
 
 SIZE = 16
+# The precision `tinycats fit` picks on this machine for the tiny DiT these tests train.
+PRECISION = auto_precision(None, "cpu", DiTGenerator(num_classes=4, **TINY_DIT, image_size=SIZE))
 
 
 def _pattern(kind: int, generator: torch.Generator) -> torch.Tensor:
@@ -62,7 +65,7 @@ def _datamodule(tmp_path: Path, classes: int, per_class: int, batch_size: int) -
 def _trainer(max_steps: int, **kwargs) -> L.Trainer:
     return L.Trainer(
         max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, **kwargs,
+        enable_model_summary=False, num_sanity_val_steps=0, precision=PRECISION, **kwargs,
     )  # fmt: skip
 
 

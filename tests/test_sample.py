@@ -10,7 +10,7 @@ from torchvision.transforms.functional import pil_to_tensor
 
 from tinycats.cli import EXIT_USAGE, main
 from tinycats.errors import TinyCatsError
-from tinycats.models import CatClassifier, DiTGenerator
+from tinycats.models import CatClassifier, DiTGenerator, performance
 from tinycats.models.grid import PADDING, save_labelled_grid
 from tinycats.runs.loading import load_trained
 
@@ -149,3 +149,22 @@ def test_a_checkpoint_of_a_named_dit_shape_is_refused_clearly(run_dir: Path, tmp
     torch.save(checkpoint, tmp_path / "old.ckpt")
     with pytest.raises(TinyCatsError, match="older tinycats: DiTGenerator no longer takes arch"):
         load_trained(tmp_path / "old.ckpt", DiTGenerator)
+
+
+def test_sample_runs_in_the_precision_the_machine_chooses(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    autocast_seen = []
+    generate = DiTGenerator.generate
+
+    def spy(self, *args, **kwargs):
+        autocast_seen.append(torch.is_autocast_enabled("cpu"))
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(DiTGenerator, "generate", spy)
+    monkeypatch.setattr(performance, "cpu_bf16_features", lambda: ("amx_bf16",))
+    # The tiny DiT as if it were wide enough for bf16 to pay, then as it is.
+    for min_width, bf16 in ((0, True), (10**6, False)):
+        monkeypatch.setattr(DiTGenerator, "cpu_bf16_min_width", min_width)
+        _sample(tmp_path, run_dir / "last.ckpt", "p.png", "--breed", "Bengal", "--n", "1")
+        assert autocast_seen.pop() is bf16

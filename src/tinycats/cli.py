@@ -25,7 +25,7 @@ from tinycats.errors import (
     TinyCatsError,
     TransientError,
 )
-from tinycats.models.performance import allow_tf32, auto_precision
+from tinycats.models.performance import allow_tf32, choose_precision, default_device_type
 from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints, no_commit
 from tinycats.runs.deadline import AttemptDeadline
 from tinycats.runs.resume import newest_run, resolve_extension, resolve_resume
@@ -84,7 +84,8 @@ class TinyCatsCLI(LightningCLI):
         parser.add_class_arguments(CheckpointPolicy, "checkpoint")
         parser.add_argument(
             "--tf32", type=bool, default=True,
-            help="allow TF32 matmuls on GPUs (trainer.precision unset means bf16-mixed on GPUs).",
+            help="allow TF32 matmuls on GPUs (trainer.precision unset means bf16-mixed where the "
+            "GPU or CPU computes bfloat16 natively).",
         )  # fmt: skip
         parser.add_argument(
             "--resume", default="auto",
@@ -138,11 +139,14 @@ class TinyCatsCLI(LightningCLI):
         if self.subcommand == "fit":
             extra["fit"].append(self.deadline)
         allow_tf32(config.tf32)
+        device_type = _device_type(config.trainer.accelerator)
+        precision = choose_precision(config.trainer.precision, device_type, self.model)
+        log.info("Precision: %s, as %s.", precision.precision or "32-true", precision.reason)
         # fit logs into the run directory; validate/test/predict into their own folder, so
         # they never rewrite the training history. CSV first: it is trainer.log_dir.
         version = "" if self.subcommand == "fit" else self.subcommand
         return super().instantiate_trainer(
-            precision=auto_precision(config.trainer.precision),
+            precision=precision.precision,
             default_root_dir=str(self.run.path),
             logger=[
                 CSVLogger(self.run.path, name="", version=version),
@@ -261,6 +265,14 @@ def _asks_for_more(trainer: L.Trainer, finished: dict[str, Any]) -> bool:
     steps = trainer.max_steps == -1 or trainer.max_steps > finished["global_step"]
     epochs = trainer.max_epochs in (None, -1) or trainer.max_epochs > finished["epoch"]
     return steps and epochs
+
+
+def _device_type(accelerator: Any) -> str:
+    """The device type a Trainer with ``accelerator`` trains on, as far as precision cares."""
+    name = str(accelerator).lower()
+    if name == "auto":
+        return default_device_type()
+    return "cuda" if name == "gpu" else name
 
 
 def _format_metrics(metrics: dict[str, float]) -> str:

@@ -31,6 +31,7 @@ from tinycats.evaluation.memorisation import (
     save_nearest_pairs,
 )
 from tinycats.models.generator import DiTGenerator
+from tinycats.models.performance import autocast, choose_precision
 from tinycats.networks.flow import Method
 from tinycats.runs.loading import load_trained
 from tinycats.runs.run_dir import read_config
@@ -119,11 +120,13 @@ def evaluate_generator(
     show: int = 8,
     batch_size: int = 200,
     pairs_path: Path | None = None,
+    precision: str | None = None,
 ) -> GeneratorReport:
     """Score samples of every class against real (uint8) images, and look for copies of them."""
     names = model.class_labels
     labels = torch.arange(len(names)).repeat_interleave(samples_per_class)
-    draw = {"seed": seed, "steps": steps, "method": method, "batch_size": batch_size}
+    draw = {"seed": seed, "steps": steps, "method": method, "batch_size": batch_size,
+            "precision": precision}  # fmt: skip
     samples = generate_uint8(model, labels, cfg_scale=cfg_scale, **draw)
     train_features = extract_features(extractor, train[0], batch_size)
     sample_features = extract_features(extractor, samples, batch_size)
@@ -187,14 +190,17 @@ def generate_uint8(
     cfg_scale: float,
     method: str,
     batch_size: int,
+    precision: str | None = None,
 ) -> Tensor:
-    """Samples of the given classes as uint8 images, in batches, the same for the same seed."""
+    """Samples of the given classes as uint8 images, in batches, the same for the same seed;
+    the sampler runs in bf16 where ``precision`` is bf16-mixed."""
     batches = []
     for number, start in enumerate(range(0, labels.shape[0], batch_size)):
         # Each batch its own noise, fixed by (seed, batch number); ints hash alike in every run.
         batch_seed = hash((seed, number)) & 0x7FFF_FFFF_FFFF_FFFF
-        images = model.generate(labels[start : start + batch_size], seed=batch_seed, steps=steps,
-                                cfg_scale=cfg_scale, method=method)  # fmt: skip
+        with autocast(precision, model.device):
+            images = model.generate(labels[start : start + batch_size], seed=batch_seed,
+                                    steps=steps, cfg_scale=cfg_scale, method=method)  # fmt: skip
         # Rounded to 8 bits like the real photos, which FID compares them with.
         batches.append(images.mul(255).round().to(torch.uint8).cpu())
     return torch.cat(batches)
@@ -289,6 +295,9 @@ def evaluate(
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
+    precision = choose_precision(None, device.type, model)
+    log.info("Sampling precision: %s, as %s (features and scores in float32).",
+             precision.precision or "32-true", precision.reason)  # fmt: skip
     extractor = inception_extractor(inception_weights).to(device)
     out = Path(out) if out else run_dir / "evaluation"
     report = evaluate_generator(
@@ -296,6 +305,7 @@ def evaluate(
         samples_per_class=n, steps=steps,
         cfg_scale=cfg, sweep=sweep, method=method, seed=seed,
         show=show, batch_size=batch_size, pairs_path=out / PAIRS_NAME,
+        precision=precision.precision,
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     document = {"checkpoint": str(ckpt), **report.as_dict()}

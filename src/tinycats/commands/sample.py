@@ -1,5 +1,6 @@
 """``tinycats sample``: draw cats of a chosen breed with the EMA weights of a trained TinyDiT."""
 
+import logging
 from pathlib import Path
 
 import torch
@@ -8,14 +9,18 @@ from tinycats.commands.parsing import call_with_args
 from tinycats.errors import TinyCatsError
 from tinycats.models.generator import DiTGenerator
 from tinycats.models.grid import save_labelled_grid
+from tinycats.models.performance import autocast, choose_precision
 from tinycats.networks.flow import Method
 from tinycats.runs.loading import load_trained
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = """\
 Draw cats with a TinyDiT trained by `tinycats fit -c configs/dit.yaml`, and save them as one
 PNG grid with a row per breed. The checkpoint's EMA weights are used. Runs on the GPU when
 there is one, else on the CPU (slow for the big models: try --n 4 --steps 20). The same
-checkpoint, options and --seed give the same picture.
+checkpoint, options and --seed give the same picture on the same machine (in bf16 where the
+processor computes it natively, as `tinycats fit` trains).
 
 examples:
   tinycats sample --ckpt_path outputs/checkpoints/dit/2025-01-31/sample --breed all --n 8
@@ -57,8 +62,11 @@ def sample(
     breeds = _chosen_breeds(breed, model.class_labels)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
+    precision = choose_precision(None, device.type, model)
+    log.info("Precision: %s, as %s.", precision.precision or "32-true", precision.reason)
     classes = torch.tensor([model.class_labels.index(b) for b in breeds]).repeat_interleave(n)
-    images = model.generate(classes, seed=seed, steps=steps, cfg_scale=cfg, method=method)
+    with autocast(precision.precision, device):
+        images = model.generate(classes, seed=seed, steps=steps, cfg_scale=cfg, method=method)
     save_labelled_grid(images, breeds, Path(out))
     print(f"Saved {len(breeds)} × {n} samples to {out}")
 

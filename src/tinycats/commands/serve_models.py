@@ -20,6 +20,7 @@ from tinycats.errors import TinyCatsError
 from tinycats.models.classifier import CatClassifier
 from tinycats.models.generator import DiTGenerator
 from tinycats.models.grid import labelled_grid
+from tinycats.models.performance import autocast, choose_precision
 from tinycats.networks.augment import to_unit_range
 from tinycats.runs.loading import load_trained
 from tinycats.runs.resume import newest_first, newest_run, resumable_checkpoints
@@ -238,7 +239,10 @@ def draw(loaded: LoadedRun, breed: str, n: int, steps: int, guidance: float, see
         raise BadRequest(422, f"Unknown breed {breed!r}. This model knows: all, "
                          f"{', '.join(loaded.classes)}.")  # fmt: skip
     labels = torch.tensor([loaded.classes.index(row) for row in rows]).repeat_interleave(n)
-    with loaded.lock, torch.inference_mode():
+    device = loaded.model.device
+    # The precision `tinycats sample` draws in, so both give the same picture for the same seed.
+    precision = choose_precision(None, device.type, loaded.model).precision
+    with loaded.lock, torch.inference_mode(), autocast(precision, device):
         images = loaded.model.generate(labels, seed=seed, steps=steps, cfg_scale=guidance)
     buffer = io.BytesIO()
     labelled_grid(images, rows).save(buffer, format="PNG")
