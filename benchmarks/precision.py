@@ -21,18 +21,24 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 import torchvision
-from tinycats.models.dit import build_dit
-from tinycats.models.flow import flow_loss
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.harness import markdown_table
+from benchmarks.harness import REPO, markdown_table
+from tinycats.networks.dit import TinyDiT
+from tinycats.networks.flow import flow_loss
+from tinycats.runs.run_dir import read_config
 
 Step = Callable[[bool], None]  # one training step, in bf16-mixed when called with True
 
 
-def dit_step(arch: str, image_size: int, batch: int) -> Step:
-    """A training step of a DiT as ``DiTGenerator`` takes it (rectified-flow loss)."""
-    net = build_dit(arch, num_classes=12, image_size=image_size)
+def dit_step(config: str, batch: int) -> Step:
+    """A training step of a config's DiT as ``DiTGenerator`` takes it (rectified-flow loss)."""
+    spec = read_config(REPO / config)
+    shape = {
+        key: spec["model"]["init_args"][key] for key in ("patch_size", "width", "depth", "heads")
+    }
+    image_size = spec["data"]["image_size"]
+    net = TinyDiT(image_size=image_size, num_classes=12, **shape)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=True)
     images, labels = torch.randn(batch, 3, image_size, image_size), torch.randint(0, 12, (batch,))
 
@@ -68,10 +74,10 @@ def classifier_step(image_size: int, batch: int, channels_last: bool = False) ->
 
 # name → (what it is, how to build its step); the shapes of the configs as they train on a CPU.
 MODELS: dict[str, tuple[str, Callable[[], Step]]] = {
-    "dit-s4": ("DiT-S/4, 64 px, batch 8 (configs/dit.yaml)", lambda: dit_step("S-4-64", 64, 8)),
+    "dit-s4": ("DiT-S/4, 64 px, batch 8 (configs/dit.yaml)", lambda: dit_step("configs/dit.yaml", 8)),
     "dit-mini": ("DiT mini, 32 px, batch 24 (configs/dit_sample.yaml)",
-                 lambda: dit_step("mini", 32, 24)),
-    "dit-tiny": ("DiT tiny, 16 px, batch 32 (tests)", lambda: dit_step("tiny", 16, 32)),
+                 lambda: dit_step("configs/dit_sample.yaml", 24)),
+    "dit-tiny": ("DiT tiny, 16 px, batch 32 (tests)", lambda: dit_step("tests/configs/dit_tiny.yaml", 32)),
     "classifier-128": ("ResNet-18, 128 px, batch 4 (configs/classifier.yaml)",
                        lambda: classifier_step(128, 4)),
     "classifier-64": ("ResNet-18, 64 px, batch 32 (configs/classifier_sample.yaml)",
