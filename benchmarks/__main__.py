@@ -54,8 +54,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="CI sizes: well under 2 minutes")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results.md",
-                        help="where to write the report (Markdown)")  # fmt: skip
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "benchmarks/results.md",
+        help="where to write the report (Markdown)",
+    )
     args = parser.parse_args()
     began, load = time.perf_counter(), os.getloadavg()
     device = training_device()
@@ -78,15 +82,18 @@ def main() -> None:
         f"`python -m benchmarks{' --quick' if args.quick else ''}`, {mode}; "
         f"{time.perf_counter() - began:.0f} s in all.",
         "## Machine\n\n" + machine(load, os.getloadavg()),
-        "## Summary\n\n" + throughput.describe_peaks(peaks) + "\n\n"
-        + summary(speeds, splits, starts, peaks) + "\n\n" + SUMMARY_NOTES,
-        "## Training throughput (`benchmarks/throughput.py`)\n\n"
-        + throughput.table(speeds, peaks),
+        "## Summary\n\n"
+        + throughput.describe_peaks(peaks)
+        + "\n\n"
+        + summary(speeds, splits, starts, peaks)
+        + "\n\n"
+        + SUMMARY_NOTES,
+        "## Training throughput (`benchmarks/throughput.py`)\n\n" + throughput.table(speeds, peaks),
         "## Step split (`benchmarks/step_split.py`)\n\n" + step_split.table(splits),
         "## Checkpoints (`benchmarks/checkpoint.py`)\n\n" + checkpoint.table(splits, resume),
         "## Data pipeline (`benchmarks/data_pipeline.py`)\n\n" + data_pipeline.table(pipelines),
         "## Cold start (`benchmarks/cold_start.py`)\n\n" + cold_start.table(container),
-    ]  # fmt: skip
+    ]
     report = "\n\n".join(sections) + "\n"
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -103,17 +110,43 @@ def summary(
     peaks: dict[str, throughput.Peak],
 ) -> str:
     """One row per config: speed, where the step goes, FLOP/s, Lightning's cost, cold start."""
-    header = ["config", "batch", "precision", "vs fp32", "img/s", "data", "forward+backward", "optimizer", "checkpoint",
-              "other", "TFLOP/s", "% of peak", "Lightning vs raw", "import s", "first step s"]  # fmt: skip
+    header = [
+        "config",
+        "batch",
+        "precision",
+        "vs fp32",
+        "img/s",
+        "data",
+        "forward+backward",
+        "optimizer",
+        "checkpoint",
+        "other",
+        "TFLOP/s",
+        "% of peak",
+        "Lightning vs raw",
+        "import s",
+        "first step s",
+    ]
     rows = []
     for speed, split, (imported, first) in zip(speeds, splits, starts, strict=True):
         flops = speed.flops / split.amortized_step
         shares = [f"{share:.1%}" for share in split.shares().values()]
         peak = throughput.peak_of(speed, peaks)
-        rows.append((speed.config, speed.batch, speed.precision, f"{speed.speedup:.2f}x",
-                     f"{speed.batch / split.amortized_step:,.1f}",
-                     *shares, f"{flops / 1e12:.3f}", f"{flops / peak.flops:.1%}",
-                     f"{speed.lightning_overhead:+.1%}", f"{imported:.1f}", f"{first:.1f}"))  # fmt: skip
+        rows.append(
+            (
+                speed.config,
+                speed.batch,
+                speed.precision,
+                f"{speed.speedup:.2f}x",
+                f"{speed.batch / split.amortized_step:,.1f}",
+                *shares,
+                f"{flops / 1e12:.3f}",
+                f"{flops / peak.flops:.1%}",
+                f"{speed.lightning_overhead:+.1%}",
+                f"{imported:.1f}",
+                f"{first:.1f}",
+            )
+        )
     return markdown_table(header, rows)
 
 

@@ -38,15 +38,28 @@ from benchmarks.chaos_trace import TRACE_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "benchmarks/configs/chaos"
-CONFIGS = ("classifier", "classifier_midval", "classifier_best", "classifier_accumulate",
-           "classifier_partial", "dit", "classifier_ddp")  # fmt: skip
+CONFIGS = (
+    "classifier",
+    "classifier_midval",
+    "classifier_best",
+    "classifier_accumulate",
+    "classifier_partial",
+    "dit",
+    "classifier_ddp",
+)
 QUICK_TRIALS = {"classifier_partial": 2, "dit": 1}  # --quick (CI): 3 trials, up to 2 kills
 PHOTOS = REPO / "data/sample/images"  # the sample that ships with the repository
 RUN = "checkpoints/*/2026-01-01/chaos"
 SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGINT": signal.SIGINT}
 STOP_TIMEOUT = 180  # seconds a signalled run may take to stop before it counts as hung
-COMPARED = ("global_step", "state_dict", "current_model_state", "averaging_state",
-            "optimizer_states", "lr_schedulers")  # fmt: skip
+COMPARED = (
+    "global_step",
+    "state_dict",
+    "current_model_state",
+    "averaging_state",
+    "optimizer_states",
+    "lr_schedulers",
+)
 
 HEADING = "## Kill harness"  # its section of benchmarks/results.md, kept by the suite
 
@@ -77,22 +90,42 @@ class Trial:
 
 def command(config: str, root: Path, photos: Path) -> list[str]:
     """``tinycats fit`` of ``config`` with its run and data under ``root``, traced."""
-    return [sys.executable, "-m", "tinycats", "fit", "-c", str(CONFIG_DIR / f"{config}.yaml"),
-            f"--run.outputs={root / 'outputs'}", f"--data.root={root / 'data'}",
-            f"--data.source={photos}", "--run.date=2026-01-01",
-            "--trainer.callbacks+=benchmarks.chaos_trace.PhaseTrace"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "tinycats",
+        "fit",
+        "-c",
+        str(CONFIG_DIR / f"{config}.yaml"),
+        f"--run.outputs={root / 'outputs'}",
+        f"--data.root={root / 'data'}",
+        f"--data.source={photos}",
+        "--run.date=2026-01-01",
+        "--trainer.callbacks+=benchmarks.chaos_trace.PhaseTrace",
+    ]
 
 
 def launch(config: str, root: Path, photos: Path) -> subprocess.Popen:
     """Start one ``tinycats fit`` in its own process group (a DDP run's ranks are in it too)."""
     (root / "trace.txt").unlink(missing_ok=True)
-    env = {**os.environ, TRACE_ENV: str(root / "trace.txt"), "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO),
-                                          os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    env = {
+        **os.environ,
+        TRACE_ENV: str(root / "trace.txt"),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(
+            [str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
     with open(root / "log.txt", "a") as log:
-        return subprocess.Popen(command(config, root, photos), cwd=REPO, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=_default_sigint)  # fmt: skip
+        return subprocess.Popen(
+            command(config, root, photos),
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_default_sigint,
+        )
 
 
 def _default_sigint() -> None:
@@ -196,16 +229,19 @@ def uninterrupted(config: str, photos: Path) -> tuple[dict, float]:
 
 def table(trials: list[Trial]) -> str:
     """The summary (one row per config) and every trial's seed, kills and result, as Markdown."""
-    rows = ["| config | trials | kills | where they landed | equal | different |",
-            "|---|---:|---:|---|---:|---:|"]  # fmt: skip
+    rows = [
+        "| config | trials | kills | where they landed | equal | different |",
+        "|---|---:|---:|---|---:|---:|",
+    ]
     for config in dict.fromkeys(t.config for t in trials):
         mine = [t for t in trials if t.config == config]
         kills = [k for t in mine for k in t.kills if k.landed != "after exit"]
         where = Counter(k.landed for k in kills)
         spots = ", ".join(f"{spot} {n}" for spot, n in where.most_common())
         equal = sum(t.equal for t in mine)
-        rows.append(f"| {config} | {len(mine)} | {len(kills)} | {spots} | {equal} | "
-                    f"{len(mine) - equal} |")  # fmt: skip
+        rows.append(
+            f"| {config} | {len(mine)} | {len(kills)} | {spots} | {equal} | {len(mine) - equal} |"
+        )
     rows += [
         "",
         "| config | seed | kills (signal @ s: where → exit) | result |",
@@ -225,9 +261,13 @@ def _model_args(config: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=8, help="trials per config")
-    parser.add_argument("--ddp-trials", type=int, default=None,
-                        help="trials of the DDP config (default: half of --trials; a launch "
-                        "there costs two processes and the DDP start-up)")  # fmt: skip
+    parser.add_argument(
+        "--ddp-trials",
+        type=int,
+        default=None,
+        help="trials of the DDP config (default: half of --trials; a launch "
+        "there costs two processes and the DDP start-up)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="draws the trials' seeds")
     parser.add_argument("--kills", type=int, default=3, help="at most this many kills a trial")
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=None)
@@ -240,9 +280,12 @@ def main(argv: list[str] | None = None) -> int:
     max_kills = min(args.kills, 2) if args.quick else args.kills
     seed = random.randrange(2**31) if args.seed is None else args.seed
     quick = "--quick " if args.quick else ""
-    print(f"python -m benchmarks.chaos {quick}--seed {seed} --trials {trials_each} --ddp-trials "
-          f"{args.ddp_trials} --kills {max_kills} --configs {' '.join(configs)}  "
-          f"(photos: {args.photos})", flush=True)  # fmt: skip
+    print(
+        f"python -m benchmarks.chaos {quick}--seed {seed} --trials {trials_each} --ddp-trials "
+        f"{args.ddp_trials} --kills {max_kills} --configs {' '.join(configs)}  "
+        f"(photos: {args.photos})",
+        flush=True,
+    )
     draw = random.Random(seed)
     trials = []
     for config in configs:
@@ -257,9 +300,11 @@ def main(argv: list[str] | None = None) -> int:
         for trial_seed in seeds:
             trial = run_trial(config, trial_seed, reference, duration, max_kills, args.photos)
             trials.append(trial)
-            print(f"  seed {trial_seed}: {'equal' if trial.equal else 'DIFFERENT'} "
-                  f"{[(k.signal, round(k.at, 1), k.landed, k.code) for k in trial.kills]}",
-                  flush=True)  # fmt: skip
+            print(
+                f"  seed {trial_seed}: {'equal' if trial.equal else 'DIFFERENT'} "
+                f"{[(k.signal, round(k.at, 1), k.landed, k.code) for k in trial.kills]}",
+                flush=True,
+            )
     print(table(trials))
     return 0 if all(t.equal for t in trials) else 1
 

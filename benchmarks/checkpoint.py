@@ -25,32 +25,63 @@ TINY = "tests/configs/classifier_tiny.yaml"
 def resume_latency() -> float:
     """Seconds from process start until a run resumed one step before its end has finished."""
     with tempfile.TemporaryDirectory() as tmp:
-        args = [sys.executable, "-m", "tinycats", "fit", "-c", TINY, f"--run.outputs={tmp}/out",
-                f"--data.root={tmp}/data", "--trainer.max_steps=1"]  # fmt: skip
+        args = [
+            sys.executable,
+            "-m",
+            "tinycats",
+            "fit",
+            "-c",
+            TINY,
+            f"--run.outputs={tmp}/out",
+            f"--data.root={tmp}/data",
+            "--trainer.max_steps=1",
+        ]
         subprocess.run(args, cwd=REPO, check=True, capture_output=True)
         run = next(Path(tmp, "out").rglob("summary.json")).parent
         (run / "summary.json").unlink()
         start = time.perf_counter()
-        subprocess.run([*args[:-1], "--trainer.max_steps=2"], cwd=REPO, check=True,
-                       capture_output=True)  # fmt: skip
+        subprocess.run(
+            [*args[:-1], "--trainer.max_steps=2"], cwd=REPO, check=True, capture_output=True
+        )
         return time.perf_counter() - start
 
 
 def table(rows: list[StepSplit], resume_seconds: float | None) -> str:
     """One row per config, then the resume latency (``None``: not measured)."""
-    header = ["config", "batch", "checkpoint MB", "step s", "checkpoint s", "checkpoint / step",
-              "commits / checkpoint", "checkpoint every", "share of the step"]  # fmt: skip
-    text = markdown_table(header, [
-        (row.config, row.batch, f"{row.checkpoint_mb:,.0f}", f"{row.step:.3f}",
-         f"{row.checkpoint:.3f}", f"{row.checkpoint / row.step:.2f}",
-         f"{row.commits_per_checkpoint:.1f}", row.checkpoint_every,
-         f"{row.shares()['checkpoint']:.2%}")
-        for row in rows
-    ])  # fmt: skip
+    header = [
+        "config",
+        "batch",
+        "checkpoint MB",
+        "step s",
+        "checkpoint s",
+        "checkpoint / step",
+        "commits / checkpoint",
+        "checkpoint every",
+        "share of the step",
+    ]
+    text = markdown_table(
+        header,
+        [
+            (
+                row.config,
+                row.batch,
+                f"{row.checkpoint_mb:,.0f}",
+                f"{row.step:.3f}",
+                f"{row.checkpoint:.3f}",
+                f"{row.checkpoint / row.step:.2f}",
+                f"{row.commits_per_checkpoint:.1f}",
+                row.checkpoint_every,
+                f"{row.shares()['checkpoint']:.2%}",
+            )
+            for row in rows
+        ],
+    )
     if resume_seconds is None:
         return text
-    return (f"{text}\n\nResume latency (process start → resumed, one step, exit; "
-            f"tests/configs/classifier_tiny.yaml): {resume_seconds:.1f} s")  # fmt: skip
+    return (
+        f"{text}\n\nResume latency (process start → resumed, one step, exit; "
+        f"tests/configs/classifier_tiny.yaml): {resume_seconds:.1f} s"
+    )
 
 
 def main() -> None:

@@ -110,8 +110,9 @@ class Start:
 
 
 def run_python(code: str) -> str:
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=REPO, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=600
+    )
     if done.returncode != 0:
         raise SystemExit(f"benchmark step failed:\n{done.stderr[-3000:]}")
     return done.stdout.strip().splitlines()[-1]
@@ -122,8 +123,9 @@ def median_seconds(code: str, repeats: int) -> float:
 
 
 def container_start(root: Path, name: str) -> dict[str, float | None]:
-    code = CONTAINER.format(remote=str(REMOTE), root=str(root), photos=str(PHOTOS),
-                            config=str(TINY), name=name)  # fmt: skip
+    code = CONTAINER.format(
+        remote=str(REMOTE), root=str(root), photos=str(PHOTOS), config=str(TINY), name=name
+    )
     return json.loads(run_python(code))
 
 
@@ -140,16 +142,24 @@ def measure(repeats: int = 3, retry: bool = True) -> list[Start]:
         Start("client", f"import modal alone (median of {repeats})", modal_only),
         Start("container", "training stack imported (@modal.enter)", cold["stack"]),
         Start("container", "image cache written (empty data volume)", cold["cache"]),
-        Start("container", "first step checkpointed (empty data volume)", cold["first_step"], "< 20 s"),
-        Start("container", "first step checkpointed (cache on the volume)", warm["first_step"], "< 20 s"),
-    ]  # fmt: skip
+        Start(
+            "container", "first step checkpointed (empty data volume)", cold["first_step"], "< 20 s"
+        ),
+        Start(
+            "container",
+            "first step checkpointed (cache on the volume)",
+            warm["first_step"],
+            "< 20 s",
+        ),
+    ]
 
 
 def first_step(config: str, setup: Setup, quick: bool) -> tuple[float, float]:
     """Seconds from a fresh process's start to the training stack imported, and to the end of
     the first training step of ``config`` (its cache already built, in ``setup.root``)."""
-    code = FIRST_STEP.format(config=config, quick=quick, photos=str(setup.photos),
-                             root=str(setup.root))  # fmt: skip
+    code = FIRST_STEP.format(
+        config=config, quick=quick, photos=str(setup.photos), root=str(setup.root)
+    )
     start = time.time()
     stamps = json.loads(run_python(code))
     return stamps["imported"] - start, stamps["first_step"] - start
@@ -178,10 +188,14 @@ def first_step_here(config: str, quick: bool, photos: str, root: str) -> float:
 
 
 def table(rows: list[Start]) -> str:
-    return markdown_table(["side", "what", "seconds", "goal"], [
-        (row.side, row.what, "-" if row.seconds is None else f"{row.seconds:.2f}", row.goal)
-        for row in rows
-    ], text_columns=2)  # fmt: skip
+    return markdown_table(
+        ["side", "what", "seconds", "goal"],
+        [
+            (row.side, row.what, "-" if row.seconds is None else f"{row.seconds:.2f}", row.goal)
+            for row in rows
+        ],
+        text_columns=2,
+    )
 
 
 def main() -> None:
@@ -194,9 +208,11 @@ def main() -> None:
     args = parser.parse_args()
     rows = measure(args.repeats)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"Cold start on this machine ({os.cpu_count()} CPU cores, load average {load}).\n"
-          "Client rows: import time in a fresh process. Container rows: seconds from the start\n"
-          "of a fresh process that runs the tiny classifier config through Runner.fit.local().\n")  # fmt: skip
+    print(
+        f"Cold start on this machine ({os.cpu_count()} CPU cores, load average {load}).\n"
+        "Client rows: import time in a fresh process. Container rows: seconds from the start\n"
+        "of a fresh process that runs the tiny classifier config through Runner.fit.local().\n"
+    )
     print(table(rows))
 
 

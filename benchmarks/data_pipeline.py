@@ -61,8 +61,9 @@ def measure(size: int = 64, epochs: int = 3, batch: int = 64, sample: Path = PHO
         return random_flip(random_resized_crop(to_unit_range(images), generator), generator)
 
     with tempfile.TemporaryDirectory() as tmp:
-        data = PetsDataModule(root=tmp, source=str(sample), image_size=size, batch_size=batch,
-                              split=(1.0, 0.0, 0.0))  # fmt: skip
+        data = PetsDataModule(
+            root=tmp, source=str(sample), image_size=size, batch_size=batch, split=(1.0, 0.0, 0.0)
+        )
         data.trainer = trainer(device, max_steps=1)  # asked for the device by setup()
         data.prepare_data()
         data.setup("fit")
@@ -75,29 +76,46 @@ def measure(size: int = 64, epochs: int = 3, batch: int = 64, sample: Path = PHO
             label = "cat" if photo.name[0].isupper() else "dog"
             (folder / label).mkdir(parents=True, exist_ok=True)
             (folder / label / photo.name).symlink_to(photo)
-        transform = v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
-                                v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True)])  # fmt: skip
-        plain = DataLoader(datasets.ImageFolder(str(folder), transform=transform),
-                           batch_size=batch, shuffle=True)  # fmt: skip
+        transform = v2.Compose(
+            [
+                v2.PILToTensor(),
+                v2.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True),
+                v2.RandomHorizontalFlip(),
+                v2.ToDtype(torch.float32, scale=True),
+            ]
+        )
+        plain = DataLoader(
+            datasets.ImageFolder(str(folder), transform=transform), batch_size=batch, shuffle=True
+        )
         decoded = best(plain, lambda images, _: images)
 
     where = "GPU" if device.type == "cuda" else "CPU"
-    return Pipelines(len(data.datasets["train"]), size, batch, {
-        "ImageFolder + JPEG decode + torchvision transforms": decoded,
-        f"tinycats uint8 cache on the {where}, delivered as float": delivered,
-        f"tinycats uint8 cache on the {where} + batch crop and flip there": augmented,
-    })  # fmt: skip
+    return Pipelines(
+        len(data.datasets["train"]),
+        size,
+        batch,
+        {
+            "ImageFolder + JPEG decode + torchvision transforms": decoded,
+            f"tinycats uint8 cache on the {where}, delivered as float": delivered,
+            f"tinycats uint8 cache on the {where} + batch crop and flip there": augmented,
+        },
+    )
 
 
 def table(result: Pipelines) -> str:
     """Images/s of each pipeline and its speed-up over JPEG decoding."""
     jpeg = next(iter(result.images_per_second.values()))
     return markdown_table(
-        [f"pipeline ({result.photos} photos, {result.size} px, batch {result.batch})",
-         "images/s", "vs JPEG"],
-        [(name, f"{speed:,.0f}", f"{speed / jpeg:,.1f}x")
-         for name, speed in result.images_per_second.items()],
-    )  # fmt: skip
+        [
+            f"pipeline ({result.photos} photos, {result.size} px, batch {result.batch})",
+            "images/s",
+            "vs JPEG",
+        ],
+        [
+            (name, f"{speed:,.0f}", f"{speed / jpeg:,.1f}x")
+            for name, speed in result.images_per_second.items()
+        ],
+    )
 
 
 def main() -> None:

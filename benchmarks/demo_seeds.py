@@ -53,12 +53,26 @@ def run_seed(seed: int, folder: Path, *overrides: str, threads: int | None = Non
     began = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
     done = subprocess.run(
-        [sys.executable, "-m", "tinycats", "fit", "-c", CONFIG, f"--run.outputs={folder / f'seed{seed}'}",
-         f"--data.root={folder / 'data'}", f"--seed_everything={seed}",
-         f"--model.init_args.seed={seed}", f"--data.split_seed={seed}",
-         "--trainer.enable_progress_bar=false", *overrides],
-        cwd=REPO, env=env, capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "tinycats",
+            "fit",
+            "-c",
+            CONFIG,
+            f"--run.outputs={folder / f'seed{seed}'}",
+            f"--data.root={folder / 'data'}",
+            f"--seed_everything={seed}",
+            f"--model.init_args.seed={seed}",
+            f"--data.split_seed={seed}",
+            "--trainer.enable_progress_bar=false",
+            *overrides,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if done.returncode:
         raise SystemExit(f"seed {seed} failed:\n{done.stderr[-3000:]}")
     seconds = time.perf_counter() - began
@@ -79,14 +93,22 @@ def run_seed(seed: int, folder: Path, *overrides: str, threads: int | None = Non
 def table(results: list[SeedResult]) -> str:
     """Per-seed rows, then the mean and the lowest accuracy against the majority class."""
     rows = [
-        [r.seed, f"{r.acc:.4f}", f"{r.f1:.4f}", f"{r.correct}/{r.total}",
-         f"{r.majority_acc:.4f}", f"{r.acc - r.majority_acc:+.4f}", f"{r.seconds:.0f}"]
+        [
+            r.seed,
+            f"{r.acc:.4f}",
+            f"{r.f1:.4f}",
+            f"{r.correct}/{r.total}",
+            f"{r.majority_acc:.4f}",
+            f"{r.acc - r.majority_acc:+.4f}",
+            f"{r.seconds:.0f}",
+        ]
         for r in results
-    ]  # fmt: skip
+    ]
     accs = [r.acc for r in results]
     margins = [r.acc - r.majority_acc for r in results]
-    rows.append(["mean", f"{statistics.mean(accs):.4f}", "", "", "",
-                 f"{statistics.mean(margins):+.4f}", ""])  # fmt: skip
+    rows.append(
+        ["mean", f"{statistics.mean(accs):.4f}", "", "", "", f"{statistics.mean(margins):+.4f}", ""]
+    )
     rows.append(["lowest", f"{min(accs):.4f}", "", "", "", f"{min(margins):+.4f}", ""])
     header = ["seed", "val/acc", "val/f1", "correct", "majority", "margin", "wall s"]
     return markdown_table(header, rows)

@@ -81,9 +81,14 @@ class Workload:
 
     def data(self, setup: "Setup") -> PetsDataModule:
         """The data module over the repeated photos, all of them in the training split."""
-        return PetsDataModule(root=str(setup.root), source=str(setup.photos), labels=self.labels,
-                              image_size=self.image_size, batch_size=self.batch,
-                              split=(1.0, 0.0, 0.0))  # fmt: skip
+        return PetsDataModule(
+            root=str(setup.root),
+            source=str(setup.photos),
+            labels=self.labels,
+            image_size=self.image_size,
+            batch_size=self.batch,
+            split=(1.0, 0.0, 0.0),
+        )
 
 
 @dataclass(frozen=True)
@@ -152,8 +157,11 @@ def parse_args(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--configs", type=lambda text: text.split(","),
-                        help=f"comma-separated (default: {','.join(CONFIGS)})")  # fmt: skip
+    parser.add_argument(
+        "--configs",
+        type=lambda text: text.split(","),
+        help=f"comma-separated (default: {','.join(CONFIGS)})",
+    )
     parser.add_argument("--quick", action="store_true", help="CI sizes: the tiny test configs")
     return parser.parse_args()
 
@@ -177,11 +185,18 @@ def trainer(
     """A Trainer as ``tinycats fit`` builds it, for training only: no logger, bar or validation;
     ``precision=workload.precision`` to train as ``tinycats fit`` would."""
     return L.Trainer(
-        accelerator=device.type, devices=1, max_steps=max_steps, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+        accelerator=device.type,
+        devices=1,
+        max_steps=max_steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
         callbacks=list(callbacks),
-        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks), **kwargs,
-    )  # fmt: skip
+        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks),
+        **kwargs,
+    )
 
 
 def outside_fit(

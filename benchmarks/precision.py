@@ -44,8 +44,13 @@ def dit_step(config: str, batch: int) -> Step:
 
     def step(bf16: bool) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = flow_loss(net, images, labels, generator=torch.Generator().manual_seed(0),
-                             schedule="logit_normal")  # fmt: skip
+            loss = flow_loss(
+                net,
+                images,
+                labels,
+                generator=torch.Generator().manual_seed(0),
+                schedule="logit_normal",
+            )
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -74,16 +79,28 @@ def classifier_step(image_size: int, batch: int, channels_last: bool = False) ->
 
 # name → (what it is, how to build its step); the shapes of the configs as they train on a CPU.
 MODELS: dict[str, tuple[str, Callable[[], Step]]] = {
-    "dit-s4": ("DiT-S/4, 64 px, batch 8 (configs/dit.yaml)", lambda: dit_step("configs/dit.yaml", 8)),
-    "dit-mini": ("DiT mini, 32 px, batch 24 (configs/dit_sample.yaml)",
-                 lambda: dit_step("configs/dit_sample.yaml", 24)),
-    "dit-tiny": ("DiT tiny, 16 px, batch 32 (tests)", lambda: dit_step("tests/configs/dit_tiny.yaml", 32)),
-    "classifier-128": ("ResNet-18, 128 px, batch 4 (configs/classifier.yaml)",
-                       lambda: classifier_step(128, 4)),
-    "classifier-64": ("ResNet-18, 64 px, batch 32 (configs/classifier_sample.yaml)",
-                      lambda: classifier_step(64, 32)),
+    "dit-s4": (
+        "DiT-S/4, 64 px, batch 8 (configs/dit.yaml)",
+        lambda: dit_step("configs/dit.yaml", 8),
+    ),
+    "dit-mini": (
+        "DiT mini, 32 px, batch 24 (configs/dit_sample.yaml)",
+        lambda: dit_step("configs/dit_sample.yaml", 24),
+    ),
+    "dit-tiny": (
+        "DiT tiny, 16 px, batch 32 (tests)",
+        lambda: dit_step("tests/configs/dit_tiny.yaml", 32),
+    ),
+    "classifier-128": (
+        "ResNet-18, 128 px, batch 4 (configs/classifier.yaml)",
+        lambda: classifier_step(128, 4),
+    ),
+    "classifier-64": (
+        "ResNet-18, 64 px, batch 32 (configs/classifier_sample.yaml)",
+        lambda: classifier_step(64, 32),
+    ),
     "classifier-64-nhwc": ("the same, channels_last", lambda: classifier_step(64, 32, True)),
-}  # fmt: skip
+}
 
 
 def matmul_rate(dtype: torch.dtype, n: int = 2048) -> float:
@@ -120,22 +137,43 @@ def measure(names: list[str], steps: int, warmup: int = 2) -> str:
         flops = counter.get_total_flops()
         fp32, bf16 = (statistics.median(seconds[name, b]) for b in (False, True))
         ratios = [f / b for f, b in zip(seconds[name, False], seconds[name, True], strict=True)]
-        rows.append((MODELS[name][0], f"{flops / 1e9:,.1f}", f"{1000 * fp32:,.0f}",
-                     f"{flops / fp32 / peak[False]:.0%}", f"{1000 * bf16:,.0f}",
-                     f"{flops / bf16 / peak[True]:.0%}", f"{statistics.median(ratios):.2f}x"))  # fmt: skip
-    header = ["model", "GFLOP/step", "fp32 ms", "% of fp32 peak", "bf16-mixed ms",
-              "% of bf16 peak", "bf16 vs fp32"]  # fmt: skip
-    return (f"One thread, CPU time, {steps} steps after {warmup}; matmul peaks: fp32 "
-            f"{peak[False] / 1e9:,.0f} GFLOP/s, bf16 {peak[True] / 1e9:,.0f} GFLOP/s.\n\n"
-            + markdown_table(header, rows))  # fmt: skip
+        rows.append(
+            (
+                MODELS[name][0],
+                f"{flops / 1e9:,.1f}",
+                f"{1000 * fp32:,.0f}",
+                f"{flops / fp32 / peak[False]:.0%}",
+                f"{1000 * bf16:,.0f}",
+                f"{flops / bf16 / peak[True]:.0%}",
+                f"{statistics.median(ratios):.2f}x",
+            )
+        )
+    header = [
+        "model",
+        "GFLOP/step",
+        "fp32 ms",
+        "% of fp32 peak",
+        "bf16-mixed ms",
+        "% of bf16 peak",
+        "bf16 vs fp32",
+    ]
+    return (
+        f"One thread, CPU time, {steps} steps after {warmup}; matmul peaks: fp32 "
+        f"{peak[False] / 1e9:,.0f} GFLOP/s, bf16 {peak[True] / 1e9:,.0f} GFLOP/s.\n\n"
+        + markdown_table(header, rows)
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--models", type=lambda text: text.split(","), default=list(MODELS),
-                        help=f"comma-separated, of: {','.join(MODELS)}")  # fmt: skip
+    parser.add_argument(
+        "--models",
+        type=lambda text: text.split(","),
+        default=list(MODELS),
+        help=f"comma-separated, of: {','.join(MODELS)}",
+    )
     parser.add_argument("--steps", type=int, default=5, help="timed steps per precision")
     args = parser.parse_args()
     print(measure(args.models, args.steps))

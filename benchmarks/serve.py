@@ -33,10 +33,23 @@ DRAW = {"breed": "Bengal", "n": 8, "steps": 25, "guidance": 3.0, "seed": 0}
 def train_demo_runs(outputs: Path, data: Path) -> None:
     """One training step of each demo config, so that real run directories exist."""
     for config in CONFIGS:
-        subprocess.run([sys.executable, "-m", "tinycats", "fit", "-c", config,
-                        f"--run.outputs={outputs}", f"--data.root={data}",
-                        f"--data.source={PHOTOS}", "--trainer.max_steps=1"],
-                       cwd=REPO, check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "tinycats",
+                "fit",
+                "-c",
+                config,
+                f"--run.outputs={outputs}",
+                f"--data.root={data}",
+                f"--data.source={PHOTOS}",
+                "--trainer.max_steps=1",
+            ],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        )
 
 
 def free_port() -> int:
@@ -66,9 +79,21 @@ def measure(outputs: Path, repeats: int, draws: int, requests: int) -> dict:
     photo = sorted(PHOTOS.glob("Bengal_*.jpg"))[0]
     files = {"file": (photo.name, photo.read_bytes(), "image/jpeg")}
     began = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "-m", "tinycats", "serve", "--runs_dir",
-                               str(outputs), "--port", str(port)], cwd=REPO,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tinycats",
+            "serve",
+            "--runs_dir",
+            str(outputs),
+            "--port",
+            str(port),
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         with httpx.Client(base_url=url, timeout=120) as client:
             while True:
@@ -95,8 +120,14 @@ def measure(outputs: Path, repeats: int, draws: int, requests: int) -> dict:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    return {"load": os.getloadavg()[0], "healthy": healthy, "first": first, "classify": percentiles(classify_times),
-            "draw": percentiles(draw_times), "throughput": throughput}  # fmt: skip
+    return {
+        "load": os.getloadavg()[0],
+        "healthy": healthy,
+        "first": first,
+        "classify": percentiles(classify_times),
+        "draw": percentiles(draw_times),
+        "throughput": throughput,
+    }
 
 
 def burst(url: str, files: dict, clients: int, requests: int) -> float:
@@ -118,16 +149,26 @@ def report(figures: dict, repeats: int, draws: int, requests: int) -> str:
     """The Markdown section for benchmarks/results.md."""
     latency = markdown_table(
         ["request", "p50 ms", "p95 ms", "goal (p50)"],
-        [["classify one photo (demo classifier, 64 px)", *map("{:.0f}".format, figures["classify"]),
-          "≤ 50 ms"],
-         ["draw 8 Bengals, 25 steps, guidance 3 (demo DiT, 32 px)",
-          *map("{:.0f}".format, figures["draw"]), "≤ 2000 ms"]],
-    )  # fmt: skip
+        [
+            [
+                "classify one photo (demo classifier, 64 px)",
+                *map("{:.0f}".format, figures["classify"]),
+                "≤ 50 ms",
+            ],
+            [
+                "draw 8 Bengals, 25 steps, guidance 3 (demo DiT, 32 px)",
+                *map("{:.0f}".format, figures["draw"]),
+                "≤ 2000 ms",
+            ],
+        ],
+    )
     start = markdown_table(
         ["from `tinycats serve` starting to", "seconds"],
-        [["its first health answer (imports, both runs loaded)", f"{figures['healthy']:.1f}"],
-         ["its first classify answer", f"{figures['first']:.1f}"]],
-    )  # fmt: skip
+        [
+            ["its first health answer (imports, both runs loaded)", f"{figures['healthy']:.1f}"],
+            ["its first classify answer", f"{figures['first']:.1f}"],
+        ],
+    )
     rates = markdown_table(
         ["concurrent clients", "classify requests/s"],
         [[clients, f"{rate:.1f}"] for clients, rate in figures["throughput"].items()],
@@ -160,8 +201,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=50, help="timed classify requests")
     parser.add_argument("--draws", type=int, default=10, help="timed draw requests")
     parser.add_argument("--requests", type=int, default=100, help="requests per concurrency")
-    parser.add_argument("--runs_dir", type=Path,
-                        help="serve these runs instead of training the demo configs one step")  # fmt: skip
+    parser.add_argument(
+        "--runs_dir",
+        type=Path,
+        help="serve these runs instead of training the demo configs one step",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         outputs = args.runs_dir or Path(tmp) / "outputs"

@@ -66,17 +66,24 @@ class StepSplit:
 
     def shares(self) -> dict[str, float]:
         """Each part's share of the amortized step."""
-        parts = {"data": self.data, "forward+backward": self.forward_backward,
-                 "optimizer": self.optimizer,
-                 "checkpoint": self.checkpoint / self.checkpoint_every, "other": self.other}  # fmt: skip
+        parts = {
+            "data": self.data,
+            "forward+backward": self.forward_backward,
+            "optimizer": self.optimizer,
+            "checkpoint": self.checkpoint / self.checkpoint_every,
+            "other": self.other,
+        }
         return {name: seconds / self.amortized_step for name, seconds in parts.items()}
 
 
 def profile_steps(workload: Workload, setup: Setup, folder: Path) -> StepSplit:
     """Fit the workload with the profiler and a checkpoint every step (see the module docstring)."""
     commits: list[int] = []
-    checkpoints = build_checkpoints(CheckpointPolicy(every_n_train_steps=1, keep_last=KEEP_LAST),
-                                    folder, lambda: commits.append(1))  # fmt: skip
+    checkpoints = build_checkpoints(
+        CheckpointPolicy(every_n_train_steps=1, keep_last=KEEP_LAST),
+        folder,
+        lambda: commits.append(1),
+    )
     timer, profiler = StepTimer(), SimpleProfiler()
     module = workload.module()
     hooks = ["on_after_batch_transfer", "training_step", "on_after_backward", "optimizer_step"]
@@ -113,12 +120,17 @@ def profile_steps(workload: Workload, setup: Setup, folder: Path) -> StepSplit:
     median = {name: statistics.median(values) for name, values in parts.items()}
     newest = max(folder.glob("step=*.ckpt"))
     return StepSplit(
-        config=workload.config, batch=workload.batch, data=median["data"],
-        forward_backward=median["f+b"], optimizer=median["optimizer"],
-        other=max(0.0, statistics.median(rest)), checkpoint=median["checkpoint"],
+        config=workload.config,
+        batch=workload.batch,
+        data=median["data"],
+        forward_backward=median["f+b"],
+        optimizer=median["optimizer"],
+        other=max(0.0, statistics.median(rest)),
+        checkpoint=median["checkpoint"],
         checkpoint_every=workload.checkpoint_every,
-        commits_per_checkpoint=len(commits) / total, checkpoint_mb=newest.stat().st_size / 1e6,
-    )  # fmt: skip
+        commits_per_checkpoint=len(commits) / total,
+        checkpoint_mb=newest.stat().st_size / 1e6,
+    )
 
 
 def measure(setup: Setup) -> list[StepSplit]:
@@ -132,14 +144,41 @@ def measure(setup: Setup) -> list[StepSplit]:
 
 def table(rows: list[StepSplit]) -> str:
     """Milliseconds per part, and each part's share of the step with the config's checkpoints."""
-    header = ["config", "batch", "data ms", "forward+backward ms", "optimizer ms", "other ms",
-              "step ms", "checkpoint ms", "checkpoint every", "shares: data / f+b / opt / ckpt / other"]  # fmt: skip
-    return markdown_table(header, [
-        (row.config, row.batch, *(f"{1000 * s:,.1f}" for s in (row.data, row.forward_backward,
-         row.optimizer, row.other, row.step, row.checkpoint)), row.checkpoint_every,
-         " / ".join(f"{share:.0%}" for share in row.shares().values()))
-        for row in rows
-    ])  # fmt: skip
+    header = [
+        "config",
+        "batch",
+        "data ms",
+        "forward+backward ms",
+        "optimizer ms",
+        "other ms",
+        "step ms",
+        "checkpoint ms",
+        "checkpoint every",
+        "shares: data / f+b / opt / ckpt / other",
+    ]
+    return markdown_table(
+        header,
+        [
+            (
+                row.config,
+                row.batch,
+                *(
+                    f"{1000 * s:,.1f}"
+                    for s in (
+                        row.data,
+                        row.forward_backward,
+                        row.optimizer,
+                        row.other,
+                        row.step,
+                        row.checkpoint,
+                    )
+                ),
+                row.checkpoint_every,
+                " / ".join(f"{share:.0%}" for share in row.shares().values()),
+            )
+            for row in rows
+        ],
+    )
 
 
 def main() -> None:

@@ -135,27 +135,36 @@ def matmul_rate(device: torch.device, dtype: torch.dtype, repeats: int = 3) -> f
 def device_peak(device: torch.device, measured: float, kind: str = "bf16") -> Peak:
     """The peak that FLOP/s of ``kind`` (fp32, bf16) are compared with (see the module docstring)."""
     if device.type != "cuda":
-        return Peak(measured, f"{kind} matmul rate measured between the timed steps (median of "
-                    "the fastest of three 2048² matmuls after each step)")  # fmt: skip
+        return Peak(
+            measured,
+            f"{kind} matmul rate measured between the timed steps (median of "
+            "the fastest of three 2048² matmuls after each step)",
+        )
     if kind == "fp32":
-        return Peak(measured, "fp32 matmul rate (TF32 where the GPU has it) measured between "
-                    "the timed steps")  # fmt: skip
+        return Peak(
+            measured,
+            "fp32 matmul rate (TF32 where the GPU has it) measured between the timed steps",
+        )
     name = torch.cuda.get_device_name(device)
     for pattern, flops, source in PUBLISHED_BF16_PEAKS:
         if re.search(pattern, name):
             return Peak(flops, f"published dense bf16 peak of the {name} ({source})")
-    return Peak(measured, f"bf16 matmul rate measured between the timed steps ({name} is not "
-                "in the table)")  # fmt: skip
+    return Peak(
+        measured, f"bf16 matmul rate measured between the timed steps ({name} is not in the table)"
+    )
 
 
 def measured_peaks(rows: list[Throughput], device: torch.device) -> dict[str, Peak]:
     """The device's peak of each precision measured in ``rows`` (their matmul rates pooled)."""
     kinds = [kind for kind in DTYPES if any(row.matmul.get(kind) for row in rows)]
     return {
-        kind: device_peak(device, statistics.median(
-            rate for row in rows for rate in row.matmul.get(kind, [])), kind)
+        kind: device_peak(
+            device,
+            statistics.median(rate for row in rows for rate in row.matmul.get(kind, [])),
+            kind,
+        )
         for kind in kinds
-    }  # fmt: skip
+    }
 
 
 def peak_of(row: Throughput, peaks: dict[str, Peak]) -> Peak:
@@ -165,8 +174,10 @@ def peak_of(row: Throughput, peaks: dict[str, Peak]) -> Peak:
 
 def describe_peaks(peaks: dict[str, Peak]) -> str:
     """One line per peak, for the reports."""
-    return "\n".join(f"- {kind} peak: {peak.flops / 1e12:,.3f} TFLOP/s, the {peak.source}."
-                     for kind, peak in peaks.items())  # fmt: skip
+    return "\n".join(
+        f"- {kind} peak: {peak.flops / 1e12:,.3f} TFLOP/s, the {peak.source}."
+        for kind, peak in peaks.items()
+    )
 
 
 def step_flops(workload: Workload, setup: Setup) -> int:
@@ -187,9 +198,11 @@ class RawLoop:
         self.module, loader = outside_fit(workload.module(), workload.data(setup), setup)
         self.batches: Iterator = iter(loader)
         self.optimizer = torch.optim.AdamW(
-            self.module.parameters(), lr=self.module.hparams.lr,
-            weight_decay=self.module.hparams.weight_decay, fused=True,
-        )  # fmt: skip
+            self.module.parameters(),
+            lr=self.module.hparams.lr,
+            weight_decay=self.module.hparams.weight_decay,
+            fused=True,
+        )
         self.bf16 = precision == "bf16-mixed"
         self.steps = 0
 
@@ -272,20 +285,45 @@ def measure(setup: Setup) -> list[Throughput]:
 def table(rows: list[Throughput], peaks: dict[str, Peak]) -> str:
     """The throughput table: float32 and the chosen precision side by side, each against the
     peak of its precision; the chosen precision's FLOP/s are the Lightning loop's."""
-    header = ["config", "params", "batch", "GFLOP/step", "precision", "fp32 raw ms/step",
-              "fp32 % of fp32 peak", "raw ms/step", "vs fp32", "Lightning ms/step",
-              "Lightning vs raw", "Lightning img/s", "TFLOP/s", "% of peak"]  # fmt: skip
-    return markdown_table(header, [
-        (row.config, f"{row.params / 1e6:.1f}M", row.batch, f"{row.flops / 1e9:,.1f}",
-         row.precision, f"{1000 * row.raw_fp32_seconds:,.1f}",
-         f"{row.flops / row.raw_fp32_seconds / peaks['fp32'].flops:.1%}",
-         f"{1000 * row.raw_seconds:,.1f}", f"{row.speedup:.2f}x",
-         f"{1000 * row.lightning_seconds:,.1f}", f"{row.lightning_overhead:+.1%}",
-         f"{row.batch / row.lightning_seconds:,.1f}",
-         f"{row.flops / row.lightning_seconds / 1e12:.3f}",
-         f"{row.flops / row.lightning_seconds / peak_of(row, peaks).flops:.1%}")
-        for row in rows
-    ], text_columns=1)  # fmt: skip
+    header = [
+        "config",
+        "params",
+        "batch",
+        "GFLOP/step",
+        "precision",
+        "fp32 raw ms/step",
+        "fp32 % of fp32 peak",
+        "raw ms/step",
+        "vs fp32",
+        "Lightning ms/step",
+        "Lightning vs raw",
+        "Lightning img/s",
+        "TFLOP/s",
+        "% of peak",
+    ]
+    return markdown_table(
+        header,
+        [
+            (
+                row.config,
+                f"{row.params / 1e6:.1f}M",
+                row.batch,
+                f"{row.flops / 1e9:,.1f}",
+                row.precision,
+                f"{1000 * row.raw_fp32_seconds:,.1f}",
+                f"{row.flops / row.raw_fp32_seconds / peaks['fp32'].flops:.1%}",
+                f"{1000 * row.raw_seconds:,.1f}",
+                f"{row.speedup:.2f}x",
+                f"{1000 * row.lightning_seconds:,.1f}",
+                f"{row.lightning_overhead:+.1%}",
+                f"{row.batch / row.lightning_seconds:,.1f}",
+                f"{row.flops / row.lightning_seconds / 1e12:.3f}",
+                f"{row.flops / row.lightning_seconds / peak_of(row, peaks).flops:.1%}",
+            )
+            for row in rows
+        ],
+        text_columns=1,
+    )
 
 
 def main() -> None:

@@ -17,9 +17,22 @@ from helpers.dit import TINY_DIT
 REPO = Path(__file__).resolve().parents[1]
 
 SUMMARY_COLUMNS = [
-    "config", "batch", "precision", "vs fp32", "img/s", "data", "forward+backward", "optimizer", "checkpoint", "other",
-    "TFLOP/s", "% of peak", "Lightning vs raw", "import s", "first step s",
-]  # fmt: skip
+    "config",
+    "batch",
+    "precision",
+    "vs fp32",
+    "img/s",
+    "data",
+    "forward+backward",
+    "optimizer",
+    "checkpoint",
+    "other",
+    "TFLOP/s",
+    "% of peak",
+    "Lightning vs raw",
+    "import s",
+    "first step s",
+]
 
 
 def first_table(report: str, heading: str) -> list[list[str]]:
@@ -27,19 +40,34 @@ def first_table(report: str, heading: str) -> list[list[str]]:
     lines = report.split(heading, 1)[1].splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("|"))
     table = itertools.takewhile(lambda line: line.startswith("|"), lines[start:])
-    return [[cell.strip() for cell in line.strip("|").split("|")]
-            for line in table if not set(line) <= set("|-: ")]  # fmt: skip
+    return [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in table
+        if not set(line) <= set("|-: ")
+    ]
 
 
 @pytest.mark.slow
 def test_the_quick_suite_writes_the_summary_and_every_part(pets_sample, tmp_path) -> None:
     out = tmp_path / "results.md"
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=1200)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = out.read_text()
-    for heading in ("## Machine", "## Summary", "## Training throughput", "## Step split",
-                    "## Checkpoints", "## Data pipeline", "## Cold start"):  # fmt: skip
+    for heading in (
+        "## Machine",
+        "## Summary",
+        "## Training throughput",
+        "## Step split",
+        "## Checkpoints",
+        "## Data pipeline",
+        "## Cold start",
+    ):
         assert heading in report
     for line in (
         r"- date: \d{4}-\d\d-\d\d",

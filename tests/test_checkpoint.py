@@ -36,8 +36,14 @@ def test_keeps_the_newest_five_and_commits_after_every_save_and_prune(tmp_path: 
     callbacks = build_checkpoints(
         CheckpointPolicy(every_n_train_steps=1, keep_last=5), tmp_path, commit
     )
-    trainer = L.Trainer(max_steps=12, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=callbacks, limit_val_batches=0)  # fmt: skip
+    trainer = L.Trainer(
+        max_steps=12,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        limit_val_batches=0,
+    )
     trainer.fit(BoringModel())
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["last.ckpt", *(f"step={s:08d}.ckpt" for s in range(8, 13))]
@@ -52,13 +58,24 @@ def test_last_ckpt_copies_the_step_file_of_its_step_instead_of_saving_again(
     tmp_path: Path, monkeypatch, max_steps: int, last_step: int
 ) -> None:
     callbacks = build_checkpoints(CheckpointPolicy(every_n_train_steps=2), tmp_path, no_commit)
-    trainer = L.Trainer(max_steps=max_steps, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=callbacks, limit_val_batches=0)  # fmt: skip
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        limit_val_batches=0,
+    )
     serialized: list[str] = []
     save = TorchCheckpointIO.save_checkpoint
-    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint",
-                        lambda io, checkpoint, path, *args: (serialized.append(Path(path).name),
-                                                             save(io, checkpoint, path, *args)))  # fmt: skip
+    monkeypatch.setattr(
+        TorchCheckpointIO,
+        "save_checkpoint",
+        lambda io, checkpoint, path, *args: (
+            serialized.append(Path(path).name),
+            save(io, checkpoint, path, *args),
+        ),
+    )
     trainer.fit(BoringModel())
     steps = [f"step={s:08d}.ckpt.partial" for s in range(2, max_steps + 1, 2)]
     # A step that ends the run without a step file is serialized into last.ckpt itself.
@@ -82,8 +99,14 @@ class InterruptAtStep(L.Callback):
 
 def test_sigint_stops_at_the_next_step_boundary_with_last_ckpt_of_that_step(tmp_path: Path) -> None:
     callbacks = build_checkpoints(CheckpointPolicy(every_n_train_steps=100), tmp_path, no_commit)
-    trainer = L.Trainer(max_steps=10, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[*callbacks, InterruptAtStep(3)], limit_val_batches=0)  # fmt: skip
+    trainer = L.Trainer(
+        max_steps=10,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[*callbacks, InterruptAtStep(3)],
+        limit_val_batches=0,
+    )
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(SystemExit):  # Lightning's exit after a SIGTERM stop
         trainer.fit(BoringModel())
@@ -96,8 +119,11 @@ def test_an_empty_run_date_is_today_and_an_explicit_one_survives_midnight(tmp_pa
     spec = RunSpec(outputs=str(tmp_path), name="a")
     first = resolve_run_dir(spec, "classifier", today=dt.date(2026, 5, 1))
     assert first.path == tmp_path / "checkpoints/classifier/2026-05-01/a"
-    retried = resolve_run_dir(RunSpec(outputs=str(tmp_path), name="a", date="2026-05-01"), "classifier",
-                              today=dt.date(2026, 5, 2))  # fmt: skip
+    retried = resolve_run_dir(
+        RunSpec(outputs=str(tmp_path), name="a", date="2026-05-01"),
+        "classifier",
+        today=dt.date(2026, 5, 2),
+    )
     assert retried.path == first.path
 
 
@@ -112,8 +138,16 @@ def test_run_identity_rejects_unsafe_values(tmp_path: Path, field: str) -> None:
 def test_pruning_continues_in_the_same_directory_after_a_date_change(
     tmp_path: Path, pets_sample: Path, monkeypatch
 ) -> None:
-    args = ["fit", "-c", TINY, f"--run.outputs={tmp_path}", f"--data.root={tmp_path / 'data'}",
-            f"--data.source={pets_sample}", "--checkpoint.every_n_train_steps=1", "--trainer.limit_val_batches=0"]  # fmt: skip
+    args = [
+        "fit",
+        "-c",
+        TINY,
+        f"--run.outputs={tmp_path}",
+        f"--data.root={tmp_path / 'data'}",
+        f"--data.source={pets_sample}",
+        "--checkpoint.every_n_train_steps=1",
+        "--trainer.limit_val_batches=0",
+    ]
 
     class Clock(dt.date):
         now = dt.date(2026, 5, 1)
@@ -125,8 +159,15 @@ def test_pruning_continues_in_the_same_directory_after_a_date_change(
     monkeypatch.setattr("tinycats.runs.run_dir.dt.date", Clock)
     commits: list[int] = []
     with pytest.raises(SystemExit):  # stopped as a preempted run is, after step 4
-        run_cli([*args, "--trainer.max_steps=8", "--trainer.callbacks+=helpers.stop.StopAtStep",
-                 "--trainer.callbacks.step=4"], commit_outputs=lambda: commits.append(1))  # fmt: skip
+        run_cli(
+            [
+                *args,
+                "--trainer.max_steps=8",
+                "--trainer.callbacks+=helpers.stop.StopAtStep",
+                "--trainer.callbacks.step=4",
+            ],
+            commit_outputs=lambda: commits.append(1),
+        )
     run = tmp_path / "checkpoints/classifier/2026-05-01/tiny"
     assert sorted(p.name for p in run.glob("*.ckpt"))[-1] == "step=00000004.ckpt"
     Clock.now = dt.date(
@@ -151,11 +192,25 @@ def test_two_process_ddp_trains_and_only_rank_zero_commits(
 ) -> None:
     record = tmp_path / "commits.txt"
     done = subprocess.run(
-        [sys.executable, "tests/helpers/ddp_commits.py", str(record), "--", "-c", TINY,
-         f"--run.outputs={tmp_path}", f"--data.root={tmp_path / 'data'}", f"--data.source={pets_sample}",
-         "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.max_steps=4"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "tests/helpers/ddp_commits.py",
+            str(record),
+            "--",
+            "-c",
+            TINY,
+            f"--run.outputs={tmp_path}",
+            f"--data.root={tmp_path / 'data'}",
+            f"--data.source={pets_sample}",
+            "--trainer.strategy=ddp",
+            "--trainer.devices=2",
+            "--trainer.accelerator=cpu",
+            "--trainer.max_steps=4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = record.read_text().split()
     assert ranks and set(ranks) == {"0"}

@@ -21,9 +21,12 @@ TIMEOUT = 300
 def tinycats(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m tinycats`` (the console script's code) and capture its output."""
     return subprocess.run(
-        [sys.executable, "-m", "tinycats", *args], capture_output=True, text=True,
-        timeout=TIMEOUT, cwd=cwd,
-    )  # fmt: skip
+        [sys.executable, "-m", "tinycats", *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=cwd,
+    )
 
 
 def tiny_args(tmp: Path, sample: Path, *extra: str) -> list[str]:
@@ -71,8 +74,15 @@ def test_validate_test_and_predict_use_the_checkpoint(trained, pets_sample: Path
         assert f"{prefix}/acc" in done.stdout
         assert f"Precision: {chosen}, as " in done.stderr  # the machine's choice, logged
     photos = [sorted(pets_sample.glob("Sphynx_*.jpg"))[0], sorted(pets_sample.glob("pug_*.jpg"))[0]]
-    done = tinycats("predict", *tiny_args(tmp, pets_sample, f"--ckpt_path={run / 'last.ckpt'}",
-                                          f"--data.predict_paths=[{photos[0]},{photos[1]}]"))  # fmt: skip
+    done = tinycats(
+        "predict",
+        *tiny_args(
+            tmp,
+            pets_sample,
+            f"--ckpt_path={run / 'last.ckpt'}",
+            f"--data.predict_paths=[{photos[0]},{photos[1]}]",
+        ),
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = [line.split("\t") for line in done.stdout.splitlines() if "\t" in line]
     assert [Path(line[0]) for line in lines] == photos
@@ -83,8 +93,12 @@ def test_validate_test_and_predict_use_the_checkpoint(trained, pets_sample: Path
 def test_an_explicit_precision_wins(trained, pets_sample: Path) -> None:
     tmp, run = trained
     other = "32-true" if auto_precision(None, model=CatClassifier()) else "bf16-mixed"
-    done = tinycats("validate", *tiny_args(tmp, pets_sample, f"--ckpt_path={run / 'last.ckpt'}",
-                                           f"--trainer.precision={other}"))  # fmt: skip
+    done = tinycats(
+        "validate",
+        *tiny_args(
+            tmp, pets_sample, f"--ckpt_path={run / 'last.ckpt'}", f"--trainer.precision={other}"
+        ),
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"Precision: {other}, as set by trainer.precision" in done.stderr
 
@@ -92,8 +106,12 @@ def test_an_explicit_precision_wins(trained, pets_sample: Path) -> None:
 def test_predict_on_a_file_that_is_not_an_image_fails_clearly(trained, pets_sample: Path) -> None:
     tmp, run = trained
     bad = make_broken_images(tmp / "bad")["not_an_image"]
-    done = tinycats("predict", *tiny_args(tmp, pets_sample, f"--ckpt_path={run / 'last.ckpt'}",
-                                          f"--data.predict_paths=[{bad}]"))  # fmt: skip
+    done = tinycats(
+        "predict",
+        *tiny_args(
+            tmp, pets_sample, f"--ckpt_path={run / 'last.ckpt'}", f"--data.predict_paths=[{bad}]"
+        ),
+    )
     assert done.returncode == 2
     assert "not readable images" in done.stderr and bad.name in done.stderr
     assert "Traceback" not in done.stderr
@@ -106,8 +124,15 @@ def test_an_unknown_config_key_is_refused(tmp_path: Path, pets_sample: Path) -> 
 
 
 def test_missing_data_without_network_names_the_fix(tmp_path: Path) -> None:
-    done = tinycats("fit", "-c", TINY, f"--run.outputs={tmp_path / 'o'}", f"--data.root={tmp_path / 'd'}",
-                    "--data.source=oxford-pets", "--data.base_url=http://127.0.0.1:9/")  # fmt: skip
+    done = tinycats(
+        "fit",
+        "-c",
+        TINY,
+        f"--run.outputs={tmp_path / 'o'}",
+        f"--data.root={tmp_path / 'd'}",
+        "--data.source=oxford-pets",
+        "--data.base_url=http://127.0.0.1:9/",
+    )
     assert done.returncode == 1 and "Traceback" not in done.stderr  # 1: worth trying again
     assert "http://127.0.0.1:9/images.tar.gz" in done.stderr and str(tmp_path / "d") in done.stderr
 

@@ -67,8 +67,15 @@ def test_split_seed_sets_the_split_and_the_training_order(tmp_path: Path) -> Non
     source = distinct_image_folder(tmp_path / "images", classes=2, per_class=20)
 
     def loaded(seed: int, split: tuple[float, float, float]) -> PetsDataModule:
-        data = PetsDataModule(root=str(tmp_path / "data"), source=str(source), labels="folder",
-                              image_size=8, batch_size=8, split=split, split_seed=seed)  # fmt: skip
+        data = PetsDataModule(
+            root=str(tmp_path / "data"),
+            source=str(source),
+            labels="folder",
+            image_size=8,
+            batch_size=8,
+            split=split,
+            split_seed=seed,
+        )
         data.setup("fit")
         return data
 
@@ -175,8 +182,13 @@ def test_labels_stay_with_their_images_when_a_file_is_skipped(tmp_path: Path) ->
         for i in range(1, 9):
             Image.new("RGB", (8, 8), colour).save(folder / f"{i:03d}.png")
     (tmp_path / "images/class_0/000.png").write_text("not an image, listed first and skipped")
-    data = PetsDataModule(root=str(tmp_path / "data"), source=str(tmp_path / "images"),
-                          labels="folder", image_size=8, split=(0.5, 0.25, 0.25))  # fmt: skip
+    data = PetsDataModule(
+        root=str(tmp_path / "data"),
+        source=str(tmp_path / "images"),
+        labels="folder",
+        image_size=8,
+        split=(0.5, 0.25, 0.25),
+    )
     data.setup("fit")
     for name in ("train", "val", "test"):
         images, targets = data.datasets[name].tensors
@@ -190,8 +202,14 @@ def test_datamodule_downloads_caches_and_splits(
     tmp_path: Path, oxford_archives, loopback_server
 ) -> None:
     server = loopback_server(oxford_archives.folder)
-    data = PetsDataModule(root=str(tmp_path), labels="cat_breeds", image_size=16, batch_size=8,
-                          base_url=server.url, checksums=oxford_archives.checksums)  # fmt: skip
+    data = PetsDataModule(
+        root=str(tmp_path),
+        labels="cat_breeds",
+        image_size=16,
+        batch_size=8,
+        base_url=server.url,
+        checksums=oxford_archives.checksums,
+    )
     commits = []
     data.commit = lambda: commits.append(1)
     data.prepare_data()

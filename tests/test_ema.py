@@ -36,15 +36,29 @@ def one_thread() -> Iterator[None]:
 
 def test_the_ema_updates_at_its_cadence_in_the_direction_of_its_decay() -> None:
     decay, start, every, steps = 0.9, 2, 3, 8
-    model = DiTGenerator(num_classes=2, **TINY_DIT, image_size=SIZE, lr=1e-2, warmup_fraction=0,
-                         ema_decay=decay, ema_start_step=start, ema_every_n_steps=every)  # fmt: skip
+    model = DiTGenerator(
+        num_classes=2,
+        **TINY_DIT,
+        image_size=SIZE,
+        lr=1e-2,
+        warmup_fraction=0,
+        ema_decay=decay,
+        ema_start_step=start,
+        ema_every_n_steps=every,
+    )
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (8, 3, SIZE, SIZE), dtype=torch.uint8, generator=g)
     loader = DataLoader(TensorDataset(images, torch.randint(0, 2, (8,), generator=g)), batch_size=4)
     live = LiveWeights()
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False,
-                        callbacks=[live])  # fmt: skip
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=[live],
+    )
     trainer.fit(model, loader)
 
     # Lightning counts steps from 0 for should_update: step index 3 ends global step 4. From

@@ -72,8 +72,9 @@ def extractor() -> SmallFeatures:
 
 def test_fid_of_a_set_with_itself_is_zero_and_grows_with_a_shift(extractor):
     real = extract_features(extractor, _images(200, seed=0), batch_size=64)
-    scores = [fid_kid(real, extract_features(extractor, _images(200, 0, shift))) for shift in
-              (0, 20, 60)]  # fmt: skip
+    scores = [
+        fid_kid(real, extract_features(extractor, _images(200, 0, shift))) for shift in (0, 20, 60)
+    ]
     (fid_same, kid_same, _), (fid_small, kid_small, _), (fid_large, kid_large, _) = scores
     assert abs(fid_same) < 1e-6
     assert 0 < fid_small < fid_large
@@ -98,8 +99,9 @@ def test_scores_by_class_and_their_table(extractor):
     labels = torch.arange(3).repeat_interleave(10)
     real = extract_features(extractor, _images(30, seed=3))
     fake = extract_features(extractor, _images(30, seed=4, shift=10))
-    scores = scores_by_class(real, labels, fake, labels, ["Bengal", "Birman", "Sphynx"],
-                             steps=20, cfg_scale=2.5)  # fmt: skip
+    scores = scores_by_class(
+        real, labels, fake, labels, ["Bengal", "Birman", "Sphynx"], steps=20, cfg_scale=2.5
+    )
     assert [s.group for s in scores] == ["all", "Bengal", "Birman", "Sphynx"]
     assert [(s.num_samples, s.num_real) for s in scores] == [(30, 30), *[(10, 10)] * 3]
     assert all(s.steps == 20 and s.cfg_scale == 2.5 and s.fid > 0 for s in scores)
@@ -139,8 +141,11 @@ def test_memorisation_finds_an_exact_copy_of_a_training_image(extractor, tmp_pat
 def test_report_scores_equal_torchmetrics_on_the_predictions(tmp_path: Path):
     generator = torch.Generator().manual_seed(0)
     target = torch.randint(0, 3, (50,), generator=generator)  # class 3 never occurs
-    preds = torch.where(torch.rand(50, generator=generator) < 0.6, target,
-                        torch.randint(0, 4, (50,), generator=generator))  # fmt: skip
+    preds = torch.where(
+        torch.rand(50, generator=generator) < 0.6,
+        target,
+        torch.randint(0, 4, (50,), generator=generator),
+    )
     matrix = MulticlassConfusionMatrix(4)(preds, target)
     names = ["cat", "dog", "fox", "owl"]
     report = write_report(matrix, names, tmp_path, "test")
@@ -186,11 +191,27 @@ def test_evaluate_generator_scores_a_tiny_run(run_tinycats, tmp_path: Path, monk
     run_tinycats("fit", CONFIGS / "dit_tiny.yaml", tmp_path)
     (run,) = (tmp_path / "checkpoints" / "dit").glob("*/tiny")
     # Inception's weights would need a download: the small extractor takes its place.
-    monkeypatch.setattr(tinycats.commands.evaluate, "inception_extractor",
-                        lambda weights_path: SmallFeatures())  # fmt: skip
+    monkeypatch.setattr(
+        tinycats.commands.evaluate, "inception_extractor", lambda weights_path: SmallFeatures()
+    )
     with redirect_stdout(io.StringIO()) as printed:
-        main(["evaluate", "--ckpt_path", str(run), "--n", "3", "--steps", "2",
-              "--sweep", "[1,3]", "--show", "4", "--out", str(tmp_path / "eval")])  # fmt: skip
+        main(
+            [
+                "evaluate",
+                "--ckpt_path",
+                str(run),
+                "--n",
+                "3",
+                "--steps",
+                "2",
+                "--sweep",
+                "[1,3]",
+                "--show",
+                "4",
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
     report = json.loads((tmp_path / "eval" / "generator_eval.json").read_text())
     assert report["setting"]["num_train"] == 72 and report["setting"]["num_held_out"] == 24
     assert [s["group"] for s in report["scores"]][:2] == ["all", "Abyssinian"]
@@ -224,6 +245,15 @@ def test_evaluate_generator_help_explains_the_figures(capsys):
         main(["evaluate", "--help"])
     assert stop.value.code == 0
     text = capsys.readouterr().out
-    for words in ("--ckpt", "--n", "--steps", "--cfg", "--sweep", "--inception_weights",
-                  "FID", "KID", "memorisation"):  # fmt: skip
+    for words in (
+        "--ckpt",
+        "--n",
+        "--steps",
+        "--cfg",
+        "--sweep",
+        "--inception_weights",
+        "FID",
+        "KID",
+        "memorisation",
+    ):
         assert words in text

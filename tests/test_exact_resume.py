@@ -62,13 +62,20 @@ def fit(
     **trainer_args,
 ) -> RecordBatches:
     model = RecordBatches()
-    every_step = ModelCheckpoint(dirpath=root, filename="{step}", every_n_train_steps=1,
-                                 save_top_k=-1)  # fmt: skip
+    every_step = ModelCheckpoint(
+        dirpath=root, filename="{step}", every_n_train_steps=1, save_top_k=-1
+    )
     trainer = L.Trainer(
-        default_root_dir=root, max_steps=max_steps, accelerator="cpu", logger=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        callbacks=callbacks or [every_step], **trainer_args,
-    )  # fmt: skip
+        default_root_dir=root,
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=callbacks or [every_step],
+        **trainer_args,
+    )
     trainer.fit(model, ckpt_path=ckpt_path)
     return model
 
@@ -132,18 +139,36 @@ class StopMidAccumulation(L.Callback):
 def test_a_stop_between_accumulated_batches_resumes_to_the_same_weights(tmp_path) -> None:
     """The half-summed gradient is in no checkpoint: the run continues from the one before."""
     policy = CheckpointPolicy(every_n_train_steps=2)
-    reference = fit(tmp_path / "reference", max_steps=5, accumulate_grad_batches=2,
-                    callbacks=build_checkpoints(policy, tmp_path / "reference", no_commit))  # fmt: skip
+    reference = fit(
+        tmp_path / "reference",
+        max_steps=5,
+        accumulate_grad_batches=2,
+        callbacks=build_checkpoints(policy, tmp_path / "reference", no_commit),
+    )
     with pytest.raises(SIGTERMException):
-        fit(tmp_path, max_steps=5, accumulate_grad_batches=2,
-            callbacks=[*build_checkpoints(policy, tmp_path, no_commit), StopMidAccumulation(3)])  # fmt: skip
+        fit(
+            tmp_path,
+            max_steps=5,
+            accumulate_grad_batches=2,
+            callbacks=[*build_checkpoints(policy, tmp_path, no_commit), StopMidAccumulation(3)],
+        )
     assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 2
     # Resumed at step 2, the first batch does not step: step 2 must not be saved again there.
     with pytest.raises(SIGTERMException):
-        fit(tmp_path, tmp_path / "last.ckpt", max_steps=5, accumulate_grad_batches=2,
-            callbacks=[*build_checkpoints(policy, tmp_path, no_commit), StopMidAccumulation(2)])  # fmt: skip
-    resumed = fit(tmp_path, tmp_path / "last.ckpt", build_checkpoints(policy, tmp_path, no_commit),
-                  max_steps=5, accumulate_grad_batches=2)  # fmt: skip
+        fit(
+            tmp_path,
+            tmp_path / "last.ckpt",
+            max_steps=5,
+            accumulate_grad_batches=2,
+            callbacks=[*build_checkpoints(policy, tmp_path, no_commit), StopMidAccumulation(2)],
+        )
+    resumed = fit(
+        tmp_path,
+        tmp_path / "last.ckpt",
+        build_checkpoints(policy, tmp_path, no_commit),
+        max_steps=5,
+        accumulate_grad_batches=2,
+    )
     for name, weight in reference.state_dict().items():
         assert torch.equal(weight, resumed.state_dict()[name]), name
 

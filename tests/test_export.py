@@ -49,8 +49,9 @@ def classifier_export(tmp_path_factory) -> tuple[CatClassifier, Path, str]:
     """A random 3-class classifier, its graph from `tinycats export --quantize`, and the output."""
     tmp = tmp_path_factory.mktemp("classifier")
     model = CatClassifier(num_classes=3, class_names=["a", "b", "c"], backbone="resnet18").eval()
-    ckpt = _save(model, tmp / "model.ckpt",
-                 datamodule_hyper_parameters={"image_size": CLASSIFIER_SIZE})  # fmt: skip
+    ckpt = _save(
+        model, tmp / "model.ckpt", datamodule_hyper_parameters={"image_size": CLASSIFIER_SIZE}
+    )
     printed = _run_export(ckpt, tmp / "export", "--quantize", "true")
     return model, tmp / "export" / "classifier.onnx", printed
 
@@ -119,10 +120,12 @@ def test_onnx_sampler_matches_the_pytorch_sampler(dit_export, cfg_scale: float):
     model, path, _ = dit_export
     noise = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     labels = torch.tensor([1, 7])
-    expected = sample(model.model, noise, labels, steps=5, cfg_scale=cfg_scale,
-                      null_class=model.model.null_class)  # fmt: skip
-    found = onnx_sample(load_velocity(str(path)), noise.numpy(), labels.numpy(), steps=5,
-                        cfg_scale=cfg_scale)  # fmt: skip
+    expected = sample(
+        model.model, noise, labels, steps=5, cfg_scale=cfg_scale, null_class=model.model.null_class
+    )
+    found = onnx_sample(
+        load_velocity(str(path)), noise.numpy(), labels.numpy(), steps=5, cfg_scale=cfg_scale
+    )
     assert found.dtype == np.float32
     assert np.abs(found - expected.numpy()).max() < TOLERANCE
 

@@ -17,9 +17,19 @@ RUN = "checkpoints/classifier/2026-03-04/tiny"
 
 
 def fit(tmp_path: Path, sample: Path, *extra: str) -> dict:
-    return run_cli(["fit", "-c", TINY, f"--run.outputs={tmp_path}", f"--data.root={tmp_path / 'data'}",
-                    f"--data.source={sample}", "--run.date=2026-03-04", "--trainer.limit_val_batches=0",
-                    *extra])  # fmt: skip
+    return run_cli(
+        [
+            "fit",
+            "-c",
+            TINY,
+            f"--run.outputs={tmp_path}",
+            f"--data.root={tmp_path / 'data'}",
+            f"--data.source={sample}",
+            "--run.date=2026-03-04",
+            "--trainer.limit_val_batches=0",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture

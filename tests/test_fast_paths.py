@@ -163,9 +163,11 @@ def test_fused_adamw_is_the_optimizer_and_takes_the_plain_step(batch) -> None:
     fused.trainer = L.Trainer(accelerator="cpu", max_steps=10, logger=False)
     optimizer = fused.configure_optimizers()["optimizer"]
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"]
-    reference = torch.optim.AdamW(plain.parameters(), **{
-        k: optimizer.defaults[k] for k in ("lr", "weight_decay", "betas", "eps")
-    }, foreach=False)  # fmt: skip
+    reference = torch.optim.AdamW(
+        plain.parameters(),
+        **{k: optimizer.defaults[k] for k in ("lr", "weight_decay", "betas", "eps")},
+        foreach=False,
+    )
     for model, step in ((fused, optimizer), (plain, reference)):
         loss_of(model, batch).backward()
         step.step()

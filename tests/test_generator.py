@@ -58,15 +58,27 @@ def one_thread() -> Iterator[None]:
 
 def _datamodule(tmp_path: Path, classes: int, per_class: int, batch_size: int) -> PetsDataModule:
     source = _synthetic_folder(tmp_path / "images", classes, per_class)
-    return PetsDataModule(root=str(tmp_path / "data"), source=str(source), labels="folder",
-                          image_size=SIZE, batch_size=batch_size, split=(0.75, 0.25, 0.0))  # fmt: skip
+    return PetsDataModule(
+        root=str(tmp_path / "data"),
+        source=str(source),
+        labels="folder",
+        image_size=SIZE,
+        batch_size=batch_size,
+        split=(0.75, 0.25, 0.0),
+    )
 
 
 def _trainer(max_steps: int, **kwargs) -> L.Trainer:
     return L.Trainer(
-        max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, precision=PRECISION, **kwargs,
-    )  # fmt: skip
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        precision=PRECISION,
+        **kwargs,
+    )
 
 
 def _ema(trainer: L.Trainer) -> GeneratorEMA:
@@ -169,15 +181,24 @@ def test_ema_weights_and_lr_schedule_survive_save_and_resume_exactly(tmp_path: P
     # 18 training images in batches of 4, 5 steps an epoch: the run resumes at step 3, mid-epoch,
     # and goes on into the next epoch; validation every 2 steps swaps the EMA in and out.
     data = _datamodule(tmp_path, classes=3, per_class=8, batch_size=4)
-    settings = dict(num_classes=3, **TINY_DIT, image_size=SIZE, lr=1e-3, warmup_fraction=0.3,
-                    ema_decay=0.5, ema_start_step=1)  # fmt: skip
+    settings = dict(
+        num_classes=3,
+        **TINY_DIT,
+        image_size=SIZE,
+        lr=1e-3,
+        warmup_fraction=0.3,
+        ema_decay=0.5,
+        ema_start_step=1,
+    )
 
     def fit(run: str, ckpt_path: Path | None = None) -> tuple[DiTGenerator, L.Trainer]:
         model = DiTGenerator(**settings)
-        checkpoints = build_checkpoints(CheckpointPolicy(every_n_train_steps=3), tmp_path / run,
-                                        no_commit)  # fmt: skip
-        trainer = _trainer(max_steps=8, callbacks=checkpoints, val_check_interval=2,
-                           limit_val_batches=1)  # fmt: skip
+        checkpoints = build_checkpoints(
+            CheckpointPolicy(every_n_train_steps=3), tmp_path / run, no_commit
+        )
+        trainer = _trainer(
+            max_steps=8, callbacks=checkpoints, val_check_interval=2, limit_val_batches=1
+        )
         trainer.fit(model, data, ckpt_path=ckpt_path)
         return model, trainer
 
@@ -193,8 +214,10 @@ def test_ema_weights_and_lr_schedule_survive_save_and_resume_exactly(tmp_path: P
         torch.testing.assert_close(value, ema[name], rtol=0, atol=0, msg=f"EMA {name}")
     lr = [t.optimizers[0].param_groups[0]["lr"] for t in (straight_trainer, resumed_trainer)]
     assert lr[0] == lr[1]
-    schedules = [t.lr_scheduler_configs[0].scheduler.state_dict() for t in
-                 (straight_trainer, resumed_trainer)]  # fmt: skip
+    schedules = [
+        t.lr_scheduler_configs[0].scheduler.state_dict()
+        for t in (straight_trainer, resumed_trainer)
+    ]
     assert schedules[0]["_last_lr"] == schedules[1]["_last_lr"]
     # Validation, also after fit, measures the EMA weights.
     after_fit = straight_trainer.validate(straight, data, verbose=False)[0]["val/flow_loss"]
@@ -216,8 +239,15 @@ def test_learns_a_visible_class_well_below_the_baseline(tmp_path: Path):
     classes = 4
     data = _datamodule(tmp_path, classes=classes, per_class=32, batch_size=32)
     torch.manual_seed(0)
-    model = DiTGenerator(num_classes=classes, **TINY_DIT, image_size=SIZE, lr=2e-3,
-                         warmup_fraction=0.05, ema_decay=0.98, ema_start_step=100)  # fmt: skip
+    model = DiTGenerator(
+        num_classes=classes,
+        **TINY_DIT,
+        image_size=SIZE,
+        lr=2e-3,
+        warmup_fraction=0.05,
+        ema_decay=0.98,
+        ema_start_step=100,
+    )
     trainer = _trainer(max_steps=400, enable_checkpointing=False, check_val_every_n_epoch=1000)
     trainer.fit(model, data)
     loss = trainer.validate(model, data, verbose=False)[0]["val/flow_loss"]  # EMA weights

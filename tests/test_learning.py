@@ -42,10 +42,21 @@ def stripes(folder: Path, per_class: int = 60, size: int = 32) -> None:
 
 def fit(tmp: Path, config: str, *overrides: str) -> dict:
     done = subprocess.run(
-        [sys.executable, "-m", "tinycats", "fit", "-c", config, f"--run.outputs={tmp / 'out'}",
-         f"--data.root={tmp / 'data'}", *overrides],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "tinycats",
+            "fit",
+            "-c",
+            config,
+            f"--run.outputs={tmp / 'out'}",
+            f"--data.root={tmp / 'data'}",
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(next((tmp / "out").rglob("summary.json")).read_text())
 
@@ -54,10 +65,19 @@ def test_classifier_learns_a_visible_class_far_above_chance(tmp_path: Path) -> N
     # 24 px, 20 epochs of 3 steps; validated once, at the end, and no step checkpoints: neither
     # changes the training (its randomness is per step), and both cost time (0.98 measured).
     stripes(tmp_path / "stripes", size=24)
-    summary = fit(tmp_path, TINY, f"--data.source={tmp_path / 'stripes'}", "--data.labels=folder",
-                  "--data.split=[0.6,0.4,0.0]", "--data.image_size=24", "--trainer.max_steps=-1",
-                  "--trainer.max_epochs=20", "--trainer.check_val_every_n_epoch=20",
-                  "--trainer.limit_val_batches=null", "--checkpoint.every_n_train_steps=1000")  # fmt: skip
+    summary = fit(
+        tmp_path,
+        TINY,
+        f"--data.source={tmp_path / 'stripes'}",
+        "--data.labels=folder",
+        "--data.split=[0.6,0.4,0.0]",
+        "--data.image_size=24",
+        "--trainer.max_steps=-1",
+        "--trainer.max_epochs=20",
+        "--trainer.check_val_every_n_epoch=20",
+        "--trainer.limit_val_batches=null",
+        "--checkpoint.every_n_train_steps=1000",
+    )
     assert summary["global_step"] == 60
     assert summary["metrics"]["val/acc"] >= 0.8  # chance is 0.5; 48 validation images
 

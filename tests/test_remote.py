@@ -31,8 +31,14 @@ pytestmark = pytest.mark.filterwarnings("ignore:The Runner.* executing locally:U
 def python(code: str, **env: str) -> subprocess.CompletedProcess:
     """Run Python code in a fresh interpreter, with the TINYCATS_* settings only as given."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("TINYCATS_")}
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=TIMEOUT, cwd=REPO, env={**clean, **env})  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=REPO,
+        env={**clean, **env},
+    )
 
 
 IMPORT_REMOTE = f"""
@@ -88,10 +94,13 @@ def storage(remote: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_importing_remote_leaves_torch_lightning_and_torchvision_out() -> None:
-    done = python(IMPORT_REMOTE + """
+    done = python(
+        IMPORT_REMOTE
+        + """
 heavy = [m for m in ("torch", "lightning", "torchvision") if m in sys.modules]
 print(f"{seconds:.3f} {','.join(heavy) or '-'}")
-""")  # fmt: skip
+"""
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     seconds, heavy = done.stdout.split()
     print(f"client-side import of remote.py: {float(seconds):.2f} s")
@@ -114,21 +123,31 @@ def test_info_shows_the_default_launch_settings() -> None:
     done = python(INFO)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout) == {
-        "gpus": [["L4", 1]], "timeout": 6 * 3600, "max_retries": 10,
+        "gpus": [["L4", 1]],
+        "timeout": 6 * 3600,
+        "max_retries": 10,
         "volumes": {"/outputs": "tinycats-outputs", "/data": "tinycats-data"},
         "single_use_containers": True,
-    }  # fmt: skip
+    }
 
 
 def test_environment_variables_change_the_launch_settings() -> None:
-    done = python(INFO, TINYCATS_GPU="H100:4", TINYCATS_TIMEOUT="3600", TINYCATS_RETRIES="3",
-                  TINYCATS_OUTPUTS_VOLUME="my-outputs", TINYCATS_DATA_VOLUME="my-data")  # fmt: skip
+    done = python(
+        INFO,
+        TINYCATS_GPU="H100:4",
+        TINYCATS_TIMEOUT="3600",
+        TINYCATS_RETRIES="3",
+        TINYCATS_OUTPUTS_VOLUME="my-outputs",
+        TINYCATS_DATA_VOLUME="my-data",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout) == {
-        "gpus": [["H100", 4]], "timeout": 3600, "max_retries": 3,
+        "gpus": [["H100", 4]],
+        "timeout": 3600,
+        "max_retries": 3,
         "volumes": {"/outputs": "my-outputs", "/data": "my-data"},
         "single_use_containers": True,
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.parametrize(
@@ -154,8 +173,21 @@ def test_invalid_launch_settings_are_refused_clearly(
 
 
 def test_every_gpu_string_modal_documents_passes(remote) -> None:
-    documented = ["T4", "L4", "A10", "L40S", "A100", "A100-40GB", "A100-80GB", "RTX-PRO-6000",
-                  "H100", "H100!", "H200", "B200", "B200+"]  # fmt: skip
+    documented = [
+        "T4",
+        "L4",
+        "A10",
+        "L40S",
+        "A100",
+        "A100-40GB",
+        "A100-80GB",
+        "RTX-PRO-6000",
+        "H100",
+        "H100!",
+        "H200",
+        "B200",
+        "B200+",
+    ]
     for gpu in documented:
         for spelled in (gpu, gpu.lower(), f"{gpu}:1", f"{gpu}:4"):
             remote.launch.validate_launch_settings(spelled, 1, 0)
@@ -194,23 +226,34 @@ def test_without_the_project_installed_the_launch_says_how_to_install_it() -> No
 
 
 def test_without_pyyaml_the_config_check_says_how_to_install_it() -> None:
-    done = python(BLOCK.format(blocked=("yaml",)) + IMPORT_REMOTE + """
+    done = python(
+        BLOCK.format(blocked=("yaml",))
+        + IMPORT_REMOTE
+        + """
 try:
     remote.launch.check_config("model: {}", "c.yaml", [], "/data", "tinycats-data")
 except remote.LaunchError as err:
     print(err)
-""")  # fmt: skip
+"""
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "PyYAML is missing" in done.stdout and "pip install -e ." in done.stdout
 
 
 def test_modal_run_resolves_the_entrypoint_and_stops_only_at_the_missing_token(tmp_path) -> None:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MODAL_", "TINYCATS_"))} | {"HOME": str(tmp_path)}  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODAL_", "TINYCATS_"))} | {
+        "HOME": str(tmp_path)
+    }
     modal = [str(Path(sys.executable).parent / "modal"), "run"]
     for target, expected in (("fit", "Token missing"), ("nope", "Could not find 'nope'")):
-        done = subprocess.run([*modal, f"src/tinycats/remote.py::{target}"], capture_output=True,
-                              text=True, timeout=TIMEOUT, cwd=REPO, env=env)  # fmt: skip
+        done = subprocess.run(
+            [*modal, f"src/tinycats/remote.py::{target}"],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            cwd=REPO,
+            env=env,
+        )
         assert done.returncode != 0
         assert expected in done.stdout + done.stderr, (done.stdout + done.stderr)[-2000:]
 
@@ -235,18 +278,29 @@ def test_check_config_accepts_the_shipped_configs(remote) -> None:
     [
         ("model: [unclosed", [], "is not valid YAML"),
         ("- a list", [], "must be a YAML mapping"),
-        ("model: {class_path: tinycats.models.CatClassifier}\ndata: {}\n", [], "no trainer section"),
-        ("model: {class_path: torch.nn.Linear}\ndata: {}\ntrainer: {}\n", [],
-         "not a tinycats model; use one of tinycats.models.CatClassifier"),
-        ("model: {class_path: tinycats.models.CatClassifier}\ndata: {source: ../photos}\n"
-         "trainer: {}\n", [], "modal volume put tinycats-data ../photos photos"),
+        (
+            "model: {class_path: tinycats.models.CatClassifier}\ndata: {}\n",
+            [],
+            "no trainer section",
+        ),
+        (
+            "model: {class_path: torch.nn.Linear}\ndata: {}\ntrainer: {}\n",
+            [],
+            "not a tinycats model; use one of tinycats.models.CatClassifier",
+        ),
+        (
+            "model: {class_path: tinycats.models.CatClassifier}\ndata: {source: ../photos}\n"
+            "trainer: {}\n",
+            [],
+            "modal volume put tinycats-data ../photos photos",
+        ),
         (MINIMAL, ["--data.source", "./mine"], "'./mine' is a folder on this computer"),
         (MINIMAL, ["--run.name=x"], "--overrides may not set --run.name=x"),
         (MINIMAL, ["--stop_at=1"], "--overrides may not set --stop_at=1"),
         (MINIMAL, ["--print_config"], "prints and exits without training"),
         (MINIMAL, ["--help"], "tinycats fit -c my.yaml --help"),
     ],
-)  # fmt: skip
+)
 def test_check_config_refuses_what_cannot_run_on_modal(remote, text, overrides, message) -> None:
     with pytest.raises(remote.LaunchError, match=re.escape(message)):
         check_config(remote.launch, text, overrides)
@@ -257,13 +311,16 @@ def test_check_config_refuses_what_cannot_run_on_modal(remote, text, overrides, 
     [
         ({}, ["--trainer.max_steps=9"], (["--trainer.max_steps=9"], "")),
         ({}, ["--resume=auto"], ([], "")),
-        ({}, ["--resume", "checkpoints/dit/x/a/last.ckpt", "--x=1"],
-         (["--x=1"], "checkpoints/dit/x/a/last.ckpt")),
+        (
+            {},
+            ["--resume", "checkpoints/dit/x/a/last.ckpt", "--x=1"],
+            (["--x=1"], "checkpoints/dit/x/a/last.ckpt"),
+        ),
         ({}, ["--ckpt_path=/outputs/a.ckpt"], ([], "/outputs/a.ckpt")),
         ({"ckpt_path": "a.ckpt"}, [], ([], "a.ckpt")),
         ({"resume": "b.ckpt"}, [], ([], "b.ckpt")),
     ],
-)  # fmt: skip
+)
 def test_a_start_checkpoint_is_taken_out_of_the_overrides(remote, config, overrides, expected):
     assert remote.launch.start_checkpoint(config, overrides) == expected
 
@@ -311,21 +368,39 @@ def fake_drive(result: dict, calls: list) -> SimpleNamespace:
     return fake_runner(result, calls)().fit
 
 
-FINISHED = {"status": "finished", "run_dir": "/outputs/checkpoints/classifier/2026-01-02/cats",
-            "global_step": 800, "metrics": {"val/acc": 0.99}, "attempts": 3,
-            "run_bytes": 80_000_000, "run_files": ["last.ckpt", "metrics.csv", "summary.json"]}  # fmt: skip
+FINISHED = {
+    "status": "finished",
+    "run_dir": "/outputs/checkpoints/classifier/2026-01-02/cats",
+    "global_step": 800,
+    "metrics": {"val/acc": 0.99},
+    "attempts": 3,
+    "run_bytes": 80_000_000,
+    "run_files": ["last.ckpt", "metrics.csv", "summary.json"],
+}
 
 
 def test_fit_entrypoint_sends_the_config_and_prints_how_to_continue(remote, monkeypatch, capsys):
     calls = []
     monkeypatch.chdir(REPO)
     monkeypatch.setattr(remote, "drive", fake_drive(FINISHED, calls))
-    remote.fit(config="configs/classifier.yaml", name="cats", date=RUN_DATE,
-               overrides="--trainer.max_epochs=1 --resume=checkpoints/a/last.ckpt")  # fmt: skip
+    remote.fit(
+        config="configs/classifier.yaml",
+        name="cats",
+        date=RUN_DATE,
+        overrides="--trainer.max_epochs=1 --resume=checkpoints/a/last.ckpt",
+    )
     config_text = (REPO / "configs/classifier.yaml").read_text()
     today = time.strftime("%Y-%m-%d")
-    assert calls == [(config_text, ["--trainer.max_epochs=1"], "cats", RUN_DATE,
-                      "checkpoints/a/last.ckpt", today)]  # fmt: skip
+    assert calls == [
+        (
+            config_text,
+            ["--trainer.max_epochs=1"],
+            "cats",
+            RUN_DATE,
+            "checkpoints/a/last.ckpt",
+            today,
+        )
+    ]
     printed = capsys.readouterr().out
     assert (
         "modal run --detach src/tinycats/remote.py::fit --config configs/classifier.yaml "
@@ -366,13 +441,17 @@ def test_fit_entrypoint_stops_before_launching_when_the_config_is_wrong(remote, 
 @pytest.mark.parametrize(
     ("result", "message"),
     [
-        ({"status": "refused", "error": "Cannot resume from x"},
-         "the run was refused, and not retried: Cannot resume from x"),
-        ({"status": "failed", "error": "RuntimeError: CUDA error", "calls": 1},
-         "stopped after Modal's retries: RuntimeError: CUDA error\n  continue it from its last "
-         "checkpoint: modal run --detach src/tinycats/remote.py::fit"),
+        (
+            {"status": "refused", "error": "Cannot resume from x"},
+            "the run was refused, and not retried: Cannot resume from x",
+        ),
+        (
+            {"status": "failed", "error": "RuntimeError: CUDA error", "calls": 1},
+            "stopped after Modal's retries: RuntimeError: CUDA error\n  continue it from its last "
+            "checkpoint: modal run --detach src/tinycats/remote.py::fit",
+        ),
     ],
-)  # fmt: skip
+)
 def test_fit_entrypoint_exits_non_zero_unless_the_run_finished(
     remote, monkeypatch, result, message
 ):
@@ -383,10 +462,19 @@ def test_fit_entrypoint_exits_non_zero_unless_the_run_finished(
 
 
 def test_a_large_run_also_gets_a_command_for_its_essential_files(remote, monkeypatch, capsys):
-    big = {**FINISHED, "run_dir": "/outputs/checkpoints/dit/2026-01-02/cats",
-           "run_bytes": 3_300_000_000,
-           "run_files": ["config.yaml", "last.ckpt", "metrics.csv", "samples", "step=00001000.ckpt",
-                         "summary.json"]}  # fmt: skip
+    big = {
+        **FINISHED,
+        "run_dir": "/outputs/checkpoints/dit/2026-01-02/cats",
+        "run_bytes": 3_300_000_000,
+        "run_files": [
+            "config.yaml",
+            "last.ckpt",
+            "metrics.csv",
+            "samples",
+            "step=00001000.ckpt",
+            "summary.json",
+        ],
+    }
     monkeypatch.chdir(REPO)
     monkeypatch.setattr(remote, "drive", fake_drive(big, []))
     remote.fit(config="configs/dit.yaml")
@@ -452,27 +540,49 @@ def run_fetch_command(command: str, volume: StandInVolume, cwd: Path) -> None:
             (cwd / words[2]).mkdir(parents=True, exist_ok=True)
             continue
         assert words[:3] == ["modal", "volume", "get"] and len(words) == 6, step
-        asyncio.run(_volume_download(volume, words[4], cwd / words[5], overwrite=False,
-                                     progress_cb=lambda *args, **kwargs: None))  # fmt: skip
+        asyncio.run(
+            _volume_download(
+                volume,
+                words[4],
+                cwd / words[5],
+                overwrite=False,
+                progress_cb=lambda *args, **kwargs: None,
+            )
+        )
 
 
 RUN_FILES = {
     "checkpoints/dit/2026-01-02/cats/" + name: name.encode()
-    for name in ("last.ckpt", "step=00001000.ckpt", "summary.json", "metrics.csv", "config.yaml",
-                 "samples/step=00001000.png")
-}  # fmt: skip
+    for name in (
+        "last.ckpt",
+        "step=00001000.ckpt",
+        "summary.json",
+        "metrics.csv",
+        "config.yaml",
+        "samples/step=00001000.png",
+    )
+}
 
 
 def test_the_printed_fetch_commands_download_the_run_into_its_folder(remote, tmp_path) -> None:
     volume = StandInVolume({**RUN_FILES, "checkpoints/dit/2026-01-02/other/last.ckpt": b"no"})
-    names = ["config.yaml", "last.ckpt", "metrics.csv", "samples", "step=00001000.ckpt",
-             "summary.json"]  # fmt: skip
+    names = [
+        "config.yaml",
+        "last.ckpt",
+        "metrics.csv",
+        "samples",
+        "step=00001000.ckpt",
+        "summary.json",
+    ]
     whole, essentials = remote.launch.fetch_commands(
         "tinycats-outputs", "checkpoints/dit/2026-01-02/cats", 3 << 30, names
     )
     run_fetch_command(whole, volume, tmp_path / "a")
-    fetched = {str(p.relative_to(tmp_path / "a")): p.read_bytes()
-               for p in (tmp_path / "a").rglob("*") if p.is_file()}  # fmt: skip
+    fetched = {
+        str(p.relative_to(tmp_path / "a")): p.read_bytes()
+        for p in (tmp_path / "a").rglob("*")
+        if p.is_file()
+    }
     assert fetched == {"outputs/" + name: data for name, data in RUN_FILES.items()}
 
     run_fetch_command(essentials, volume, tmp_path / "b")
@@ -480,26 +590,34 @@ def test_the_printed_fetch_commands_download_the_run_into_its_folder(remote, tmp
         str(p.relative_to(tmp_path / "b")) for p in (tmp_path / "b").rglob("*") if p.is_file()
     }
     run = "outputs/checkpoints/dit/2026-01-02/cats/"
-    assert fetched == {run + name for name in ("last.ckpt", "summary.json", "metrics.csv",
-                                                "samples/step=00001000.png")}  # fmt: skip
+    assert fetched == {
+        run + name
+        for name in ("last.ckpt", "summary.json", "metrics.csv", "samples/step=00001000.png")
+    }
 
 
 def test_the_readme_fetch_commands_work_on_a_fresh_machine(tmp_path) -> None:
     import shlex
 
     readme = (REPO / "README.md").read_text()
-    commands = [line.strip() for line in readme.splitlines()
-                if line.strip().startswith("mkdir -p") and "modal volume get" in line]  # fmt: skip
+    commands = [
+        line.strip()
+        for line in readme.splitlines()
+        if line.strip().startswith("mkdir -p") and "modal volume get" in line
+    ]
     assert commands, "the README shows no fetch command"
     for i, command in enumerate(commands):
         first_get = next(shlex.split(step) for step in command.split(" && ") if "get" in step)
         run = Path(first_get[4])
         run = run.parent if run.name == "last.ckpt" else run
-        files = {f"{run}/{name}": name.encode() for name in ("last.ckpt", "summary.json",
-                                                           "metrics.csv", "samples/s.png")}  # fmt: skip
+        files = {
+            f"{run}/{name}": name.encode()
+            for name in ("last.ckpt", "summary.json", "metrics.csv", "samples/s.png")
+        }
         run_fetch_command(command, StandInVolume(files), tmp_path / str(i))
-        fetched = {p.relative_to(tmp_path / str(i)) for p in (tmp_path / str(i)).rglob("*")
-                   if p.is_file()}  # fmt: skip
+        fetched = {
+            p.relative_to(tmp_path / str(i)) for p in (tmp_path / str(i)).rglob("*") if p.is_file()
+        }
         assert fetched >= {Path("outputs", run, "last.ckpt"), Path("outputs", run, "summary.json")}
 
 
@@ -593,9 +711,12 @@ def test_print_config_is_refused_not_retried(remote, storage, pets_sample, capsy
 
 def test_a_missing_start_checkpoint_is_refused(remote, storage, pets_sample, capsys) -> None:
     missing = remote.Runner().fit.local(
-        CLASSIFIER_TINY.read_text(), [f"--data.source={pets_sample}"], "tiny", RUN_DATE,
+        CLASSIFIER_TINY.read_text(),
+        [f"--data.source={pets_sample}"],
+        "tiny",
+        RUN_DATE,
         "checkpoints/classifier/2026-01-01/gone/last.ckpt",
-    )  # fmt: skip
+    )
     refused(missing, capsys.readouterr().err, str(storage.outputs / "checkpoints/classifier"))
 
 
@@ -613,8 +734,12 @@ def test_out_of_memory_is_refused_with_a_smaller_batch_to_try(
     oom = remote.Runner().fit.local(
         CLASSIFIER_TINY.read_text(), [f"--data.source={pets_sample}"], "tiny", RUN_DATE
     )
-    refused(oom, capsys.readouterr().err, "ran out of memory at data.batch_size=32",
-            "--data.batch_size=16")  # fmt: skip
+    refused(
+        oom,
+        capsys.readouterr().err,
+        "ran out of memory at data.batch_size=32",
+        "--data.batch_size=16",
+    )
 
 
 def test_a_download_that_fails_is_raised_so_modal_retries(remote, storage, capsys) -> None:
@@ -632,9 +757,12 @@ def test_a_half_installed_dataset_is_installed_again_and_trained_on(
 ) -> None:
     server = loopback_server(oxford_archives.folder)
     (storage.data / "oxford-iiit-pet" / "images").mkdir(parents=True)  # an install killed midway
-    overrides = ["--data.source=oxford-pets", f"--data.base_url={server.url}",
-                 f"--data.checksums={json.dumps(oxford_archives.checksums)}",
-                 "--trainer.max_steps=2"]  # fmt: skip
+    overrides = [
+        "--data.source=oxford-pets",
+        f"--data.base_url={server.url}",
+        f"--data.checksums={json.dumps(oxford_archives.checksums)}",
+        "--trainer.max_steps=2",
+    ]
     trained = remote.Runner().fit.local(CLASSIFIER_TINY.read_text(), overrides, "tiny", RUN_DATE)
     assert trained["status"] == "finished" and trained["global_step"] == 2
     assert (storage.data / "oxford-iiit-pet" / ".complete").is_file()
@@ -686,8 +814,9 @@ def test_attempts_that_use_their_time_continue_until_the_run_is_done(
         return real_runner().fit.local(*args)
 
     monkeypatch.setattr(remote, "TIMEOUT_S", 1)
-    monkeypatch.setattr(remote, "Runner", lambda: SimpleNamespace(
-        fit=SimpleNamespace(remote=local_call)))  # fmt: skip
+    monkeypatch.setattr(
+        remote, "Runner", lambda: SimpleNamespace(fit=SimpleNamespace(remote=local_call))
+    )
     caplog.set_level("INFO", logger="tinycats")
     overrides = [f"--data.source={pets_sample}", "--trainer.max_steps=3"]
     done = remote.drive.local(CLASSIFIER_TINY.read_text(), overrides, "tiny", "", "", RUN_DATE)

@@ -18,8 +18,18 @@ pytestmark = pytest.mark.slow
 
 
 def command(outputs: Path, data: Path, sample: Path) -> list[str]:
-    return [sys.executable, "-m", "tinycats", "fit", "-c", CONFIG, f"--run.outputs={outputs}",
-            f"--data.root={data}", f"--data.source={sample}", "--run.date=2026-03-04"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "tinycats",
+        "fit",
+        "-c",
+        CONFIG,
+        f"--run.outputs={outputs}",
+        f"--data.root={data}",
+        f"--data.source={sample}",
+        "--run.date=2026-03-04",
+    ]
 
 
 def train(outputs: Path, data: Path, sample: Path) -> subprocess.CompletedProcess:

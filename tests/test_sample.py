@@ -38,8 +38,14 @@ def _sample(tmp_path: Path, ckpt: Path, out: str, *options: str) -> Path:
 
 
 def test_fit_writes_checkpoints_and_an_ema_sample_grid(run_dir: Path):
-    assert {"last.ckpt", "step=00000002.ckpt", "step=00000004.ckpt", "config.yaml",
-            "metrics.csv", "summary.json"} <= {p.name for p in run_dir.iterdir()}  # fmt: skip
+    assert {
+        "last.ckpt",
+        "step=00000002.ckpt",
+        "step=00000004.ckpt",
+        "config.yaml",
+        "metrics.csv",
+        "summary.json",
+    } <= {p.name for p in run_dir.iterdir()}
     with Image.open(run_dir / "samples" / "step=00000004.png") as grid:
         assert grid.height == BREEDS * (SIZE + PADDING) + PADDING  # one row per breed
 

@@ -28,11 +28,22 @@ def runs(tmp_path_factory, pets_sample: Path) -> Path:
 
     def fit(model: str) -> subprocess.Popen:
         return subprocess.Popen(
-            [sys.executable, "-m", "tinycats", "fit", "-c", f"tests/configs/{model}_tiny.yaml",
-             f"--run.outputs={tmp / 'outputs'}", f"--data.root={tmp / model}",
-             f"--data.source={pets_sample}", "--run.date=2026-01-02"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "tinycats",
+                "fit",
+                "-c",
+                f"tests/configs/{model}_tiny.yaml",
+                f"--run.outputs={tmp / 'outputs'}",
+                f"--data.root={tmp / model}",
+                f"--data.source={pets_sample}",
+                "--run.date=2026-01-02",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     fits = [fit("classifier"), fit("dit")]  # both at once: two processes on two cores
     for fit in fits:
@@ -113,8 +124,24 @@ def test_draw_gives_the_sample_commands_grid_and_the_same_bytes_for_the_same_see
     assert first.status_code == 200 and first.headers["content-type"] == "image/png"
     assert client.get("/api/draw", params=query).content == first.content
     assert client.get("/api/draw", params=query | {"seed": 8}).content != first.content
-    sample_main(["--ckpt_path", str(runs / DIT_RUN), "--breed", "Maine_Coon", "--n", "3", "--steps",
-                 "2", "--cfg", "2.0", "--seed", "7", "--out", str(tmp_path / "grid.png")])  # fmt: skip
+    sample_main(
+        [
+            "--ckpt_path",
+            str(runs / DIT_RUN),
+            "--breed",
+            "Maine_Coon",
+            "--n",
+            "3",
+            "--steps",
+            "2",
+            "--cfg",
+            "2.0",
+            "--seed",
+            "7",
+            "--out",
+            str(tmp_path / "grid.png"),
+        ]
+    )
     with Image.open(io.BytesIO(first.content)) as served, Image.open(tmp_path / "grid.png") as cli:
         assert served.size == cli.size
         assert served.convert("RGB").tobytes() == cli.convert("RGB").tobytes()
@@ -134,8 +161,10 @@ def test_the_page_is_served(client) -> None:
 
 def test_broken_and_foreign_files_are_refused(client, tmp_path) -> None:
     broken = make_broken_images(tmp_path)
-    for kind, status, message in (("not_an_image", 400, "Not an image"),
-                                  ("truncated", 400, "broken image (truncated or corrupt)")):  # fmt: skip
+    for kind, status, message in (
+        ("not_an_image", 400, "Not an image"),
+        ("truncated", 400, "broken image (truncated or corrupt)"),
+    ):
         answer = upload(client, (broken[kind].name, broken[kind].read_bytes()))
         assert answer.status_code == status, answer.text
         assert message in answer.json()["detail"] and broken[kind].name in answer.json()["detail"]
@@ -178,8 +207,11 @@ def test_an_upload_streamed_without_a_length_is_cut_off_at_the_limit(client) -> 
             yield b"\0" * 64_000
         yield b"\r\n--cut--\r\n"
 
-    answer = client.post("/api/classify", content=streamed(),
-                         headers={"content-type": "multipart/form-data; boundary=cut"})  # fmt: skip
+    answer = client.post(
+        "/api/classify",
+        content=streamed(),
+        headers={"content-type": "multipart/form-data; boundary=cut"},
+    )
     assert "content-length" not in answer.request.headers
     # Refused while streaming (FastAPI's body limit), not after spooling it all (the file check).
     assert answer.status_code == 413 and answer.json()["detail"] == "Content Too Large"
@@ -210,8 +242,9 @@ def test_bad_drawing_requests_are_refused(client, query, status, message) -> Non
 
 def test_a_classify_request_for_a_run_outside_the_runs_folder_is_refused(client, pets_sample):
     for run in ("..", "/tmp", f"../{CLASSIFIER_RUN}"):
-        answer = client.post("/api/classify", params={"run": run},
-                             files={"file": photo(pets_sample)})  # fmt: skip
+        answer = client.post(
+            "/api/classify", params={"run": run}, files={"file": photo(pets_sample)}
+        )
         assert answer.status_code == 400, answer.text
         assert "outside the runs folder" in answer.json()["detail"]
 
@@ -228,8 +261,10 @@ def test_runs_named_by_requests_load_once_and_the_least_recently_used_is_evicted
         ("step=00000004.ckpt", [("last.ckpt", 4), ("step=00000004.ckpt", 4)]),  # 2 evicted
         ("step=00000004.ckpt", [("last.ckpt", 4), ("step=00000004.ckpt", 4)]),  # kept
     ):
-        answer = client.get("/api/draw", params={"breed": "Bengal", "n": 1, "steps": 1,
-                                                 "run": f"{DIT_RUN}/{checkpoint}"})  # fmt: skip
+        answer = client.get(
+            "/api/draw",
+            params={"breed": "Bengal", "n": 1, "steps": 1, "run": f"{DIT_RUN}/{checkpoint}"},
+        )
         assert answer.status_code == 200 and answer.headers["x-run"] == f"{DIT_RUN}/{checkpoint}"
         assert loaded() == expected
 
@@ -308,15 +343,25 @@ def server(runs: Path):
 def browser(tmp_path):
     """Headless Chromium driven by Selenium through the OS's chromedriver (nothing downloaded)."""
     if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-        pytest.skip(f"needs Chromium at {CHROMIUM} and {CHROMEDRIVER}: "
-                    "apt-get install -y chromium chromium-driver (.ci/run does)")  # fmt: skip
+        pytest.skip(
+            f"needs Chromium at {CHROMIUM} and {CHROMEDRIVER}: "
+            "apt-get install -y chromium chromium-driver (.ci/run does)"
+        )
     webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (the dev extra)")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-                 "--window-size=1200,1000"):  # fmt: skip
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1200,1000",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(str(CHROMEDRIVER)))
     yield driver
@@ -394,24 +439,36 @@ def modal_settings(**env: str) -> dict:
     import json
 
     clean = {k: v for k, v in __import__("os").environ.items() if not k.startswith("TINYCATS_")}
-    done = subprocess.run([sys.executable, "-c", SETTINGS], capture_output=True, text=True,
-                          timeout=TIMEOUT, cwd=REPO, env=clean | env)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", SETTINGS],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=REPO,
+        env=clean | env,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout)
 
 
 def test_the_modal_server_is_warm_snapshotted_and_behind_proxy_auth_by_default() -> None:
     assert modal_settings() == {
-        "gpus": [["L4", 1]], "single_use_containers": False,
-        "volumes": {"/outputs": "tinycats-outputs"}, "methods": ["sample", "web"],
-        "max_inputs": 8, "web_public": False, "scaledown_window": 300,
-        "tensorboard_public": False, "tensorboard_volumes": {"/outputs": "tinycats-outputs"},
-    }  # fmt: skip
+        "gpus": [["L4", 1]],
+        "single_use_containers": False,
+        "volumes": {"/outputs": "tinycats-outputs"},
+        "methods": ["sample", "web"],
+        "max_inputs": 8,
+        "web_public": False,
+        "scaledown_window": 300,
+        "tensorboard_public": False,
+        "tensorboard_volumes": {"/outputs": "tinycats-outputs"},
+    }
 
 
 def test_modal_serving_settings_come_from_the_environment() -> None:
-    settings = modal_settings(TINYCATS_SERVE_GPU="T4", TINYCATS_SERVE_WARM_S="60",
-                              TINYCATS_SERVE_PUBLIC="1")  # fmt: skip
+    settings = modal_settings(
+        TINYCATS_SERVE_GPU="T4", TINYCATS_SERVE_WARM_S="60", TINYCATS_SERVE_PUBLIC="1"
+    )
     assert settings["gpus"] == [["T4", 1]] and settings["scaledown_window"] == 60
     assert settings["web_public"] is True and settings["tensorboard_public"] is True
     assert modal_settings(TINYCATS_SERVE_GPU="")["gpus"] == []
@@ -419,13 +476,21 @@ def test_modal_serving_settings_come_from_the_environment() -> None:
 
 @pytest.mark.parametrize(
     ("env", "message"),
-    [({"TINYCATS_SERVE_WARM_S": "1"}, "outside Modal's warm window of 2 to 3600 s"),
-     ({"TINYCATS_SERVE_GPU": "X100"}, "TINYCATS_SERVE_GPU='X100': Unknown GPU")],
-)  # fmt: skip
+    [
+        ({"TINYCATS_SERVE_WARM_S": "1"}, "outside Modal's warm window of 2 to 3600 s"),
+        ({"TINYCATS_SERVE_GPU": "X100"}, "TINYCATS_SERVE_GPU='X100': Unknown GPU"),
+    ],
+)
 def test_bad_modal_serving_settings_stop_the_import(env, message) -> None:
     clean = {k: v for k, v in __import__("os").environ.items() if not k.startswith("TINYCATS_")}
-    done = subprocess.run([sys.executable, "-c", SETTINGS], capture_output=True, text=True,
-                          timeout=TIMEOUT, cwd=REPO, env=clean | env)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", SETTINGS],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=REPO,
+        env=clean | env,
+    )
     assert done.returncode != 0 and message in done.stderr, done.stderr[-2000:]
 
 
@@ -461,12 +526,15 @@ def test_a_local_request_through_the_modal_app(remote, pets_sample) -> None:
 def test_the_warm_sample_method_answers_like_the_runner(remote, client) -> None:
     drawn = remote.Server().sample.local(DIT_RUN, "Bengal", 3, 2, 2.0, 7)
     assert drawn["status"] == "drawn"
-    same = client.get("/api/draw", params={"breed": "Bengal", "n": 3, "steps": 2, "guidance": 2.0,
-                                           "seed": 7})  # fmt: skip
+    same = client.get(
+        "/api/draw", params={"breed": "Bengal", "n": 3, "steps": 2, "guidance": 2.0, "seed": 7}
+    )
     assert drawn["png"] == same.content
-    for args, message in (((DIT_RUN, "Tabby", 2, 2, 3.0, 0), "Unknown breed 'Tabby'"),
-                          ((DIT_RUN, "Bengal", 999, 2, 3.0, 0), "--n must be 1 to 16"),
-                          (("../..", "Bengal", 2, 2, 3.0, 0), "outside the runs folder")):  # fmt: skip
+    for args, message in (
+        ((DIT_RUN, "Tabby", 2, 2, 3.0, 0), "Unknown breed 'Tabby'"),
+        ((DIT_RUN, "Bengal", 999, 2, 3.0, 0), "--n must be 1 to 16"),
+        (("../..", "Bengal", 2, 2, 3.0, 0), "outside the runs folder"),
+    ):
         refused = remote.Server().sample.local(*args)
         assert refused["status"] == "refused" and message in refused["error"], refused
 
@@ -497,11 +565,18 @@ def test_modal_run_sample_uses_the_deployed_server_and_falls_back_to_a_runner(
 def test_modal_deploy_resolves_the_app_and_stops_only_at_the_missing_token(tmp_path) -> None:
     import os
 
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MODAL_", "TINYCATS_"))} | {"HOME": str(tmp_path)}  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MODAL_", "TINYCATS_"))} | {
+        "HOME": str(tmp_path)
+    }
     modal = str(Path(sys.executable).parent / "modal")
-    done = subprocess.run([modal, "deploy", "src/tinycats/remote.py"], capture_output=True,
-                          text=True, timeout=TIMEOUT, cwd=REPO, env=env)  # fmt: skip
+    done = subprocess.run(
+        [modal, "deploy", "src/tinycats/remote.py"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=REPO,
+        env=env,
+    )
     assert done.returncode != 0
     assert "Token missing" in done.stdout + done.stderr, (done.stdout + done.stderr)[-2000:]
 

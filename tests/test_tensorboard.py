@@ -15,11 +15,22 @@ def dit_run(tmp_path_factory, pets_sample: Path) -> Path:
     """One tiny DiT run (4 steps, a sample grid at step 4) through the real command."""
     tmp = tmp_path_factory.mktemp("tensorboard")
     done = subprocess.run(
-        [sys.executable, "-m", "tinycats", "fit", "-c", "tests/configs/dit_tiny.yaml",
-         f"--run.outputs={tmp / 'outputs'}", f"--data.root={tmp / 'data'}",
-         f"--data.source={pets_sample}", "--run.date=2026-01-02"],
-        capture_output=True, text=True, timeout=TIMEOUT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "tinycats",
+            "fit",
+            "-c",
+            "tests/configs/dit_tiny.yaml",
+            f"--run.outputs={tmp / 'outputs'}",
+            f"--data.root={tmp / 'data'}",
+            f"--data.source={pets_sample}",
+            "--run.date=2026-01-02",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return tmp / "outputs/checkpoints/dit/2026-01-02/tiny"
 

@@ -83,21 +83,26 @@ class TinyCatsCLI(LightningCLI):
         parser.add_class_arguments(RunSpec, "run")
         parser.add_class_arguments(CheckpointPolicy, "checkpoint")
         parser.add_argument(
-            "--tf32", type=bool, default=True,
+            "--tf32",
+            type=bool,
+            default=True,
             help="allow TF32 matmuls on GPUs (trainer.precision unset means bf16-mixed where the "
             "GPU or CPU computes bfloat16 natively).",
-        )  # fmt: skip
+        )
         parser.add_argument(
-            "--resume", default="auto",
+            "--resume",
+            default="auto",
             help="fit only: auto (continue this run if it has a checkpoint), latest (the newest "
             "run of this model), never (start fresh), or a checkpoint path.",
-        )  # fmt: skip
+        )
         parser.add_argument(
-            "--stop_at", type=float, default=0.0,
+            "--stop_at",
+            type=float,
+            default=0.0,
             help="fit only: stop at a step boundary, with last.ckpt written, once this Unix time "
             "has passed (0: never); the next launch continues the run. The Modal layer sets it "
             "a few minutes before an attempt's timeout.",
-        )  # fmt: skip
+        )
         parser.link_arguments(
             "data.num_classes", "model.init_args.num_classes", apply_on="instantiate"
         )
@@ -171,15 +176,21 @@ class TinyCatsCLI(LightningCLI):
         finished = self.run.summary()
         if finished and policy in ("auto", "latest"):
             if not _asks_for_more(self.trainer, finished):
-                log.info("Run %s already finished at step %s: %s. Nothing to train; raise "
-                         "trainer.max_steps/max_epochs to extend it, or pass a new --run.name.",
-                         self.run.path, finished["global_step"],
-                         _format_metrics(finished["metrics"]))  # fmt: skip
+                log.info(
+                    "Run %s already finished at step %s: %s. Nothing to train; raise "
+                    "trainer.max_steps/max_epochs to extend it, or pass a new --run.name.",
+                    self.run.path,
+                    finished["global_step"],
+                    _format_metrics(finished["metrics"]),
+                )
                 self.summary = finished
                 return
             kwargs["ckpt_path"] = resolve_extension(self.run.path, model)
-            log.info("Extending run %s past step %s (the LR stays at its schedule's floor).",
-                     self.run.path, finished["global_step"])  # fmt: skip
+            log.info(
+                "Extending run %s past step %s (the LR stays at its schedule's floor).",
+                self.run.path,
+                finished["global_step"],
+            )
         if kwargs.get("ckpt_path") is None:
             kwargs["ckpt_path"] = resolve_resume(policy, self.run.path, model)
         if kwargs["ckpt_path"]:
@@ -187,8 +198,10 @@ class TinyCatsCLI(LightningCLI):
         try:
             self.trainer.fit(model, datamodule=datamodule, **kwargs)
         except SIGTERMException as stop:
-            log.warning("Stopped by a signal; the run continues from %s on the next launch.",
-                        self.run.path / "last.ckpt")  # fmt: skip
+            log.warning(
+                "Stopped by a signal; the run continues from %s on the next launch.",
+                self.run.path / "last.ckpt",
+            )
             raise SystemExit(EXIT_INTERRUPTED) from stop
         except torch.cuda.OutOfMemoryError as err:  # the same batch runs out again on a retry
             batch = datamodule.hparams.batch_size
@@ -198,11 +211,17 @@ class TinyCatsCLI(LightningCLI):
                 "(on Modal: --overrides='--data.batch_size=...'), or use a GPU with more memory."
             ) from err
         if self.deadline.reached:
-            log.warning("This attempt's time is up: stopped at step %d with %s written; the run "
-                        "continues from there on the next launch.", self.trainer.global_step,
-                        self.run.path / "last.ckpt")  # fmt: skip
-            self.summary = {"status": "continue", "run_dir": str(self.run.path),
-                            "global_step": self.trainer.global_step}  # fmt: skip
+            log.warning(
+                "This attempt's time is up: stopped at step %d with %s written; the run "
+                "continues from there on the next launch.",
+                self.trainer.global_step,
+                self.run.path / "last.ckpt",
+            )
+            self.summary = {
+                "status": "continue",
+                "run_dir": str(self.run.path),
+                "global_step": self.trainer.global_step,
+            }
             return
         self.summary = self._finish()
 
@@ -223,8 +242,12 @@ class TinyCatsCLI(LightningCLI):
         if self.trainer.is_global_zero:
             self.run.write_summary(summary)
             self.commit_outputs()
-            log.info("Finished %s at step %d: %s", self.run.path, self.trainer.global_step,
-                     _format_metrics(metrics))  # fmt: skip
+            log.info(
+                "Finished %s at step %d: %s",
+                self.run.path,
+                self.trainer.global_step,
+                _format_metrics(metrics),
+            )
         return summary
 
 

@@ -15,8 +15,21 @@ from typing import Any
 
 # ## GPUs, timeouts and retries (Modal's documented values, FACTS.md)
 
-GPU_TYPES = ("T4", "L4", "A10", "L40S", "A100", "A100-40GB", "A100-80GB", "RTX-PRO-6000",
-             "H100", "H100!", "H200", "B200", "B200+")  # fmt: skip
+GPU_TYPES = (
+    "T4",
+    "L4",
+    "A10",
+    "L40S",
+    "A100",
+    "A100-40GB",
+    "A100-80GB",
+    "RTX-PRO-6000",
+    "H100",
+    "H100!",
+    "H200",
+    "B200",
+    "B200+",
+)
 MAX_GPUS = 8
 MAX_GPUS_OF = {"A10": 4}  # types with a lower limit per container
 MAX_TIMEOUT_S = 24 * 60 * 60  # Modal's limit for one attempt
@@ -78,8 +91,15 @@ def attempt_budget_s(timeout: int) -> float:
 # ## The config and the overrides
 
 # Set by the launch itself: the config, the run's folder, the volumes, the attempt's deadline.
-FIXED_BY_LAUNCH = ("--run.outputs", "--run.name", "--run.date", "--data.root", "-c", "--config",
-                   "--stop_at")  # fmt: skip
+FIXED_BY_LAUNCH = (
+    "--run.outputs",
+    "--run.name",
+    "--run.date",
+    "--data.root",
+    "-c",
+    "--config",
+    "--stop_at",
+)
 # Flags that print something and exit without training.
 PRINT_AND_EXIT = ("-h", "--help", "--print_config")
 

@@ -167,8 +167,15 @@ class Runner:
             data_volume.reload()
 
     @modal.method()
-    def fit(self, config_text: str, overrides: list[str], run_name: str, run_date: str = "",
-            start_from: str = "", today: str = "") -> dict:  # fmt: skip
+    def fit(
+        self,
+        config_text: str,
+        overrides: list[str],
+        run_name: str,
+        run_date: str = "",
+        start_from: str = "",
+        today: str = "",
+    ) -> dict:
         """Train one attempt of the run called ``run_name``, continuing it where it stopped.
 
         ``run_date`` picks one run of that name; empty means the newest, or a new one dated
@@ -188,15 +195,19 @@ class Runner:
         except BaseException as failure:
             refusal = _refusal_for(failure, tail.text)
             if refusal is None:
-                print(f"tinycats: this attempt failed ({type(failure).__name__}: {failure}). "
-                      "Modal retries it; the run continues from its last checkpoint.",
-                      file=sys.stderr, flush=True)  # fmt: skip
+                print(
+                    f"tinycats: this attempt failed ({type(failure).__name__}: {failure}). "
+                    "Modal retries it; the run continues from its last checkpoint.",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 raise
             return _refuse(refusal)
         return _with_run_facts(summary, run)
 
-    def _train(self, config_text: str, overrides: list[str], run: Path, start_from: str,
-               stop_at: float) -> dict[str, Any]:  # fmt: skip
+    def _train(
+        self, config_text: str, overrides: list[str], run: Path, start_from: str, stop_at: float
+    ) -> dict[str, Any]:
         """Run `tinycats fit` for this attempt and return its summary."""
         # A start checkpoint is only for a run that has none of its own: a retry continues.
         resume = "auto"
@@ -205,10 +216,25 @@ class Runner:
         with tempfile.TemporaryDirectory() as tmp:
             config = Path(tmp) / "config.yaml"
             config.write_text(config_text)
-            args = ["fit", "-c", str(config), *overrides, "--resume", resume, "--ckpt_path=null",
-                    "--run.outputs", STORAGE.outputs, "--run.name", run.name,
-                    "--run.date", run.parent.name, "--data.root", STORAGE.data,
-                    "--stop_at", str(stop_at)]  # fmt: skip
+            args = [
+                "fit",
+                "-c",
+                str(config),
+                *overrides,
+                "--resume",
+                resume,
+                "--ckpt_path=null",
+                "--run.outputs",
+                STORAGE.outputs,
+                "--run.name",
+                run.name,
+                "--run.date",
+                run.parent.name,
+                "--data.root",
+                STORAGE.data,
+                "--stop_at",
+                str(stop_at),
+            ]
             if self.gpus > 1:
                 return _fit_in_subprocess(args, run)
             from tinycats.cli import run_cli
@@ -218,8 +244,15 @@ class Runner:
             )
 
     @modal.method()
-    def sample(self, run: str, breed: str = "all", n: int = 8, steps: int = 50,
-               cfg: float = 3.0, seed: int = 0) -> dict:  # fmt: skip
+    def sample(
+        self,
+        run: str,
+        breed: str = "all",
+        n: int = 8,
+        steps: int = 50,
+        cfg: float = 3.0,
+        seed: int = 0,
+    ) -> dict:
         """Draw a grid from the newest checkpoint of ``run`` (a path on the outputs volume).
 
         Returns ``status: drawn`` with the PNG bytes, or ``status: refused`` with the error.
@@ -230,9 +263,24 @@ class Runner:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "grid.png"
             try:
-                sample_main(["--ckpt_path", str(Path(STORAGE.outputs) / run), "--breed", breed,
-                             "--n", str(n), "--steps", str(steps), "--cfg", str(cfg),
-                             "--seed", str(seed), "--out", str(out)])  # fmt: skip
+                sample_main(
+                    [
+                        "--ckpt_path",
+                        str(Path(STORAGE.outputs) / run),
+                        "--breed",
+                        breed,
+                        "--n",
+                        str(n),
+                        "--steps",
+                        str(steps),
+                        "--cfg",
+                        str(cfg),
+                        "--seed",
+                        str(seed),
+                        "--out",
+                        str(out),
+                    ]
+                )
             except TinyCatsError as err:
                 return _refuse(str(err))
             return {"status": "drawn", "png": out.read_bytes()}
@@ -240,8 +288,11 @@ class Runner:
 
 def _refuse(error: str) -> dict[str, Any]:
     """Say loudly in the container's log that a call is refused, and return the refusal."""
-    print(f"\n{'=' * 78}\ntinycats: REFUSED, not retried: {error}\n{'=' * 78}",
-          file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"\n{'=' * 78}\ntinycats: REFUSED, not retried: {error}\n{'=' * 78}",
+        file=sys.stderr,
+        flush=True,
+    )
     return {"status": "refused", "error": error}
 
 
@@ -250,14 +301,18 @@ def _refusal_for(failure: BaseException, stderr: str) -> str | None:
     from tinycats.errors import EXIT_USAGE, TinyCatsError, TransientError
 
     if isinstance(failure, SystemExit) and failure.code in (0, None):
-        return ("the tinycats command printed and exited without training (--help or "
-                "--print_config); run it locally: tinycats fit -c CONFIG --print_config")  # fmt: skip
+        return (
+            "the tinycats command printed and exited without training (--help or "
+            "--print_config); run it locally: tinycats fit -c CONFIG --print_config"
+        )
     if isinstance(failure, SystemExit) and failure.code == EXIT_USAGE:
         lines = [line.strip() for line in stderr.splitlines() if line.strip()]
         first = max((i for i, line in enumerate(lines) if "error:" in line), default=len(lines))
         said = " ".join(lines[first : first + 4]) or "its message is in the log above"
-        return (f"the tinycats command rejected the config or the overrides: {said} "
-                "(`tinycats fit --help` lists the options)")  # fmt: skip
+        return (
+            f"the tinycats command rejected the config or the overrides: {said} "
+            "(`tinycats fit --help` lists the options)"
+        )
     if isinstance(failure, TinyCatsError) and not isinstance(failure, TransientError):
         return str(failure)  # a config error, a missing file the user named, out of memory
     return None
@@ -298,8 +353,7 @@ def _warm_up_cuda(torch: Any) -> None:
 # attempts.jsonl, so the summary can say how many attempts the run took.
 
 
-def _run_folder(config_text: str, overrides: list[str], name: str, date: str,
-                today: str) -> Path:  # fmt: skip
+def _run_folder(config_text: str, overrides: list[str], name: str, date: str, today: str) -> Path:
     """The folder of the run ``name`` (of ``date``; empty: its newest, else a new one)."""
     import yaml
 
@@ -380,8 +434,14 @@ def _fit_in_subprocess(args: list[str], run: Path) -> dict[str, Any]:
 
 
 @app.function(timeout=launch.MAX_TIMEOUT_S, retries=RETRY_POLICY)
-def drive(config_text: str, overrides: list[str], run_name: str, run_date: str,
-          start_from: str, today: str) -> dict:  # fmt: skip
+def drive(
+    config_text: str,
+    overrides: list[str],
+    run_name: str,
+    run_date: str,
+    start_from: str,
+    today: str,
+) -> dict:
     """Call Runner.fit until the run is finished, refused or failed, and return that result."""
     hand_over_at = time.time() + launch.MAX_TIMEOUT_S - TIMEOUT_S - 10 * 60
     calls = 0
@@ -411,8 +471,9 @@ _ENTRYPOINT = "src/tinycats/remote.py"
 
 
 @app.local_entrypoint()
-def fit(config: str = "configs/classifier.yaml", name: str = "", date: str = "",
-        overrides: str = "") -> None:  # fmt: skip
+def fit(
+    config: str = "configs/classifier.yaml", name: str = "", date: str = "", overrides: str = ""
+) -> None:
     """Train CONFIG on Modal; --name continues that run (--date picks one of several); --overrides adds CLI flags."""
     try:
         launch.validate_launch_settings(GPU, TIMEOUT_S, RETRIES)
@@ -426,18 +487,23 @@ def fit(config: str = "configs/classifier.yaml", name: str = "", date: str = "",
     except LaunchError as err:
         raise SystemExit(f"tinycats: {err}") from None
     today = dt.date.today().isoformat()
-    again = (f"modal run --detach {_ENTRYPOINT}::fit --config {shlex.quote(config)} "
-             f"--name {run_name}" + (f" --date {run_date}" if run_date else "")
-             + (f" --overrides={shlex.quote(overrides)}" if overrides else ""))  # fmt: skip
+    again = (
+        f"modal run --detach {_ENTRYPOINT}::fit --config {shlex.quote(config)} "
+        f"--name {run_name}"
+        + (f" --date {run_date}" if run_date else "")
+        + (f" --overrides={shlex.quote(overrides)}" if overrides else "")
+    )
     app_id = app.app_id or "APP_ID (modal app list)"
-    print(f"Training {config} on {GPU} as run {run_name!r} (attempts of up to "
-          f"{TIMEOUT_S / 3600:g} h, each stopping {launch.MAX_STOP_MARGIN_S // 60} min or less "
-          f"before that; up to {RETRIES} retries after a failure).\n"
-          f"  it continues the newest run of that name on volume {OUTPUTS_VOLUME}, else starts "
-          f"checkpoints/<model>/{run_date or today}/{run_name}/\n"
-          f"  follow it:   modal app logs -f {app_id}\n"
-          f"  stop it:     modal app stop {app_id}\n"
-          f"  continue it later (same command, same name):\n    {again}")  # fmt: skip
+    print(
+        f"Training {config} on {GPU} as run {run_name!r} (attempts of up to "
+        f"{TIMEOUT_S / 3600:g} h, each stopping {launch.MAX_STOP_MARGIN_S // 60} min or less "
+        f"before that; up to {RETRIES} retries after a failure).\n"
+        f"  it continues the newest run of that name on volume {OUTPUTS_VOLUME}, else starts "
+        f"checkpoints/<model>/{run_date or today}/{run_name}/\n"
+        f"  follow it:   modal app logs -f {app_id}\n"
+        f"  stop it:     modal app stop {app_id}\n"
+        f"  continue it later (same command, same name):\n    {again}"
+    )
     call = drive.spawn(config_text, extra, run_name, run_date, start_from, today)
     result = call.get()
     while result["status"] == "handed over":
@@ -450,26 +516,39 @@ def report(result: dict[str, Any], again: str) -> None:
     if result["status"] == "refused":
         raise SystemExit(f"tinycats: the run was refused, and not retried: {result['error']}")
     if result["status"] != "finished":
-        raise SystemExit(f"tinycats: the run stopped after Modal's retries: {result['error']}\n"
-                         f"  continue it from its last checkpoint: {again}")  # fmt: skip
+        raise SystemExit(
+            f"tinycats: the run stopped after Modal's retries: {result['error']}\n"
+            f"  continue it from its last checkpoint: {again}"
+        )
     run_dir = str(Path(result["run_dir"]).relative_to(STORAGE.outputs))
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result["metrics"].items()))
     fetch = launch.fetch_commands(OUTPUTS_VOLUME, run_dir, result["run_bytes"], result["run_files"])
-    print(f"Finished {run_dir} at step {result['global_step']} in {result['attempts']} "
-          f"attempt(s): {metrics or 'no metrics'}\n"
-          f"  fetch it ({result['run_bytes'] / 1e9:.2f} GB):  {fetch[0]}")  # fmt: skip
+    print(
+        f"Finished {run_dir} at step {result['global_step']} in {result['attempts']} "
+        f"attempt(s): {metrics or 'no metrics'}\n"
+        f"  fetch it ({result['run_bytes'] / 1e9:.2f} GB):  {fetch[0]}"
+    )
     if len(fetch) > 1:
         print(f"  or only last.ckpt, the summary, metrics and sample grids:\n    {fetch[1]}")
     print(f"  sample it: modal run {_ENTRYPOINT}::sample --run {run_dir}  (DiT runs)")
 
 
 @app.local_entrypoint()
-def sample(run: str, breed: str = "all", n: int = 8, steps: int = 50, cfg: float = 3.0,
-           seed: int = 0, out: str = "samples.png") -> None:  # fmt: skip
+def sample(
+    run: str,
+    breed: str = "all",
+    n: int = 8,
+    steps: int = 50,
+    cfg: float = 3.0,
+    seed: int = 0,
+    out: str = "samples.png",
+) -> None:
     """Draw cats with the newest checkpoint of RUN (checkpoints/dit/DATE/NAME) and save a PNG."""
     if Path(run).is_absolute() or ".." in Path(run).parts:
-        raise SystemExit(f"tinycats: --run {run} must be a path inside the {OUTPUTS_VOLUME} "
-                         "volume, e.g. checkpoints/dit/2026-01-31/cats.")  # fmt: skip
+        raise SystemExit(
+            f"tinycats: --run {run} must be a path inside the {OUTPUTS_VOLUME} "
+            "volume, e.g. checkpoints/dit/2026-01-31/cats."
+        )
     drawn = sampler().sample.remote(run, breed, n, steps, cfg, seed)
     if drawn["status"] != "drawn":
         raise SystemExit(f"tinycats: {drawn['error']}")
@@ -534,8 +613,9 @@ class Server:
         from tinycats.commands.serve_models import Limits
 
         show_logs()
-        self.store = load_store(Path(STORAGE.outputs), SERVE_CLASSIFIER, SERVE_GENERATOR,
-                                Limits(), require_a_run=False)  # fmt: skip
+        self.store = load_store(
+            Path(STORAGE.outputs), SERVE_CLASSIFIER, SERVE_GENERATOR, Limits(), require_a_run=False
+        )
 
     @modal.enter(snap=False)
     def start(self) -> None:
@@ -549,8 +629,15 @@ class Server:
         self.store.to("cuda" if torch.cuda.is_available() else "cpu")
 
     @modal.method()
-    def sample(self, run: str, breed: str = "all", n: int = 8, steps: int = 50,
-               cfg: float = 3.0, seed: int = 0) -> dict:  # fmt: skip
+    def sample(
+        self,
+        run: str,
+        breed: str = "all",
+        n: int = 8,
+        steps: int = 50,
+        cfg: float = 3.0,
+        seed: int = 0,
+    ) -> dict:
         """`Runner.sample` from a warm container: ``status: drawn`` with the PNG, or ``refused``."""
         from tinycats.commands.serve_models import BadRequest, draw
 
@@ -558,8 +645,10 @@ class Server:
         if not (1 <= n <= limits.max_n and 1 <= steps <= limits.max_steps):
             return _refuse(f"--n must be 1 to {limits.max_n} and --steps 1 to {limits.max_steps}.")
         try:
-            return {"status": "drawn",
-                    "png": draw(self.store.get("dit", run), breed, n, steps, cfg, seed)}  # fmt: skip
+            return {
+                "status": "drawn",
+                "png": draw(self.store.get("dit", run), breed, n, steps, cfg, seed),
+            }
         except BadRequest as err:
             return _refuse(str(err))
 
@@ -593,8 +682,9 @@ def tensorboard() -> Any:
     board = program.TensorBoard()
     board.configure(logdir=STORAGE.outputs)
     data_provider, multiplexer = board._make_data_provider()
-    inner = TensorBoardWSGIApp(board.flags, board.plugin_loaders, data_provider,
-                               board.assets_zip_provider, multiplexer)  # fmt: skip
+    inner = TensorBoardWSGIApp(
+        board.flags, board.plugin_loaders, data_provider, board.assets_zip_provider, multiplexer
+    )
 
     def reloading(environ: dict, start_response: Callable) -> Any:
         if environ.get("PATH_INFO") == "/" and not modal.is_local():

@@ -81,10 +81,16 @@ class GeneratorReport:
 
     def as_dict(self) -> dict[str, Any]:
         """The report as a JSON-ready dict."""
-        scores = {name: [s.as_dict() for s in getattr(self, name)]
-                  for name in ("scores", "reference", "sweep")}  # fmt: skip
-        return {"setting": self.setting, **scores, "memorisation": self.memorisation,
-                "closest_samples": self.closest}  # fmt: skip
+        scores = {
+            name: [s.as_dict() for s in getattr(self, name)]
+            for name in ("scores", "reference", "sweep")
+        }
+        return {
+            "setting": self.setting,
+            **scores,
+            "memorisation": self.memorisation,
+            "closest_samples": self.closest,
+        }
 
     def text(self) -> str:
         """The report as the tables the command prints."""
@@ -125,13 +131,19 @@ def evaluate_generator(
     """Score samples of every class against real (uint8) images, and look for copies of them."""
     names = model.class_labels
     labels = torch.arange(len(names)).repeat_interleave(samples_per_class)
-    draw = {"seed": seed, "steps": steps, "method": method, "batch_size": batch_size,
-            "precision": precision}  # fmt: skip
+    draw = {
+        "seed": seed,
+        "steps": steps,
+        "method": method,
+        "batch_size": batch_size,
+        "precision": precision,
+    }
     samples = generate_uint8(model, labels, cfg_scale=cfg_scale, **draw)
     train_features = extract_features(extractor, train[0], batch_size)
     sample_features = extract_features(extractor, samples, batch_size)
-    scores = scores_by_class(train_features, train[1], sample_features, labels, names,
-                             steps=steps, cfg_scale=cfg_scale)  # fmt: skip
+    scores = scores_by_class(
+        train_features, train[1], sample_features, labels, names, steps=steps, cfg_scale=cfg_scale
+    )
     num_held_out = held_out[0].shape[0]
     held_out_features = (
         extract_features(extractor, held_out[0], batch_size) if num_held_out else None
@@ -139,8 +151,9 @@ def evaluate_generator(
     reference = []
     if num_held_out >= 2:
         figures = fid_kid(train_features, held_out_features)
-        reference.append(Score("held-out real", num_held_out, train_features.shape[0], None,
-                               None, *figures))  # fmt: skip
+        reference.append(
+            Score("held-out real", num_held_out, train_features.shape[0], None, None, *figures)
+        )
 
     swept = []
     for scale in sweep:  # the same labels and noise at every scale: only guidance differs
@@ -149,8 +162,7 @@ def evaluate_generator(
             continue
         images = generate_uint8(model, labels, cfg_scale=scale, **draw)
         figures = fid_kid(train_features, extract_features(extractor, images, batch_size))
-        swept.append(Score("all", labels.shape[0], train_features.shape[0], steps, scale,
-                           *figures))  # fmt: skip
+        swept.append(Score("all", labels.shape[0], train_features.shape[0], steps, scale, *figures))
 
     distances, nearest = nearest_neighbours(sample_features, train_features)
     memorisation = {"samples": distance_summary(distances)}
@@ -160,24 +172,37 @@ def evaluate_generator(
     # The closest samples are the ones a person should look at: copies would be among them.
     closest = distances.argsort()[:show].tolist()
     described = [
-        {"sample": i, "breed": names[labels[i]], "train_index": nearest[i].item(),
-         "distance": distances[i].item()}
+        {
+            "sample": i,
+            "breed": names[labels[i]],
+            "train_index": nearest[i].item(),
+            "distance": distances[i].item(),
+        }
         for i in closest
-    ]  # fmt: skip
+    ]
     if pairs_path is not None and closest:
-        captions = [f"{d['breed']}, distance {d['distance']:.2f} to train #{d['train_index']}"
-                    for d in described]  # fmt: skip
+        captions = [
+            f"{d['breed']}, distance {d['distance']:.2f} to train #{d['train_index']}"
+            for d in described
+        ]
         save_nearest_pairs(samples[closest], train[0][nearest[closest]], captions, pairs_path)
     return GeneratorReport(
         setting={
-            "samples_per_class": samples_per_class, "cfg_scale": cfg_scale, **draw,
-            "reference": "the training split", "num_train": train_features.shape[0],
-            "num_held_out": num_held_out, "feature_extractor": feature_name,
+            "samples_per_class": samples_per_class,
+            "cfg_scale": cfg_scale,
+            **draw,
+            "reference": "the training split",
+            "num_train": train_features.shape[0],
+            "num_held_out": num_held_out,
+            "feature_extractor": feature_name,
             "kid_subsets": KID_SUBSETS,
         },
-        scores=scores, reference=reference, sweep=swept, memorisation=memorisation,
+        scores=scores,
+        reference=reference,
+        sweep=swept,
+        memorisation=memorisation,
         closest=described,
-    )  # fmt: skip
+    )
 
 
 @torch.no_grad()
@@ -199,8 +224,13 @@ def generate_uint8(
         # Each batch its own noise, fixed by (seed, batch number); ints hash alike in every run.
         batch_seed = hash((seed, number)) & 0x7FFF_FFFF_FFFF_FFFF
         with autocast(precision, model.device):
-            images = model.generate(labels[start : start + batch_size], seed=batch_seed,
-                                    steps=steps, cfg_scale=cfg_scale, method=method)  # fmt: skip
+            images = model.generate(
+                labels[start : start + batch_size],
+                seed=batch_seed,
+                steps=steps,
+                cfg_scale=cfg_scale,
+                method=method,
+            )
         # Rounded to 8 bits like the real photos, which FID compares them with.
         batches.append(images.mul(255).round().to(torch.uint8).cpu())
     return torch.cat(batches)
@@ -296,17 +326,30 @@ def evaluate(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     precision = choose_precision(None, device.type, model)
-    log.info("Sampling precision: %s, as %s (features and scores in float32).",
-             precision.precision or "32-true", precision.reason)  # fmt: skip
+    log.info(
+        "Sampling precision: %s, as %s (features and scores in float32).",
+        precision.precision or "32-true",
+        precision.reason,
+    )
     extractor = inception_extractor(inception_weights).to(device)
     out = Path(out) if out else run_dir / "evaluation"
     report = evaluate_generator(
-        model, train, held_out, extractor, feature_name=INCEPTION_NAME,
-        samples_per_class=n, steps=steps,
-        cfg_scale=cfg, sweep=sweep, method=method, seed=seed,
-        show=show, batch_size=batch_size, pairs_path=out / PAIRS_NAME,
+        model,
+        train,
+        held_out,
+        extractor,
+        feature_name=INCEPTION_NAME,
+        samples_per_class=n,
+        steps=steps,
+        cfg_scale=cfg,
+        sweep=sweep,
+        method=method,
+        seed=seed,
+        show=show,
+        batch_size=batch_size,
+        pairs_path=out / PAIRS_NAME,
         precision=precision.precision,
-    )  # fmt: skip
+    )
     out.mkdir(parents=True, exist_ok=True)
     document = {"checkpoint": str(ckpt), **report.as_dict()}
     (out / REPORT_NAME).write_text(json.dumps(document, indent=1))

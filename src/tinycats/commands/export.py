@@ -93,8 +93,11 @@ def export_velocity(model: TinyDiT, class_names: list[str], path: Path) -> Path:
         "convention": "x_t = (1 - t) * image + t * noise with images in [-1, 1]; the velocity "
         "is noise - image; sample from t = 1 to t = 0",
     }
-    example = (torch.randn(2, channels, size, size), torch.rand(2),
-               torch.tensor([0, model.null_class]))  # fmt: skip
+    example = (
+        torch.randn(2, channels, size, size),
+        torch.rand(2),
+        torch.tensor([0, model.null_class]),
+    )
     return _export(model, example, ("x", "t", "y"), "velocity", metadata, path)
 
 
@@ -123,9 +126,14 @@ def _export(
         # Every input shares the one batch dimension, which the exporter remarks on.
         warnings.filterwarnings("ignore", message=".*will not be used, since it shares")
         program = torch.onnx.export(
-            model, example, input_names=list(input_names), output_names=[output_name],
-            dynamic_shapes=[{0: batch} for _ in example], dynamo=True, verbose=False,
-        )  # fmt: skip
+            model,
+            example,
+            input_names=list(input_names),
+            output_names=[output_name],
+            dynamic_shapes=[{0: batch} for _ in example],
+            dynamo=True,
+            verbose=False,
+        )
     program.model.metadata_props.update(metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(path), external_data=False)  # one file, not a graph plus a weights file
@@ -142,8 +150,9 @@ def classifier_difference(
     model: CatClassifier, image_size: int, path: Path, seed: int = 0
 ) -> float:
     """The largest absolute difference between ONNX and PyTorch logits on random images."""
-    images = torch.rand(PARITY_BATCH, 3, image_size, image_size,
-                        generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    images = torch.rand(
+        PARITY_BATCH, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed)
+    )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     onnx_logits = session.run(None, {"images": images.numpy()})[0]
     return float(np.abs(onnx_logits - model.eval().cpu()(images).numpy()).max())
@@ -163,10 +172,17 @@ def sampler_difference(
 ) -> float:
     """The largest absolute difference between the onnxruntime and the PyTorch Euler samplers."""
     noise, _, labels = _random_dit_inputs(model, seed)
-    expected = sample(model.eval().cpu(), noise, labels, steps=steps, cfg_scale=cfg_scale,
-                      null_class=model.null_class)  # fmt: skip
-    found = onnx_sample(load_velocity(str(path)), noise.numpy(), labels.numpy(), steps=steps,
-                        cfg_scale=cfg_scale)  # fmt: skip
+    expected = sample(
+        model.eval().cpu(),
+        noise,
+        labels,
+        steps=steps,
+        cfg_scale=cfg_scale,
+        null_class=model.null_class,
+    )
+    found = onnx_sample(
+        load_velocity(str(path)), noise.numpy(), labels.numpy(), steps=steps, cfg_scale=cfg_scale
+    )
     return float(np.abs(found - expected.numpy()).max())
 
 
@@ -207,14 +223,18 @@ def export(ckpt_path: Path, out: Path = Path("export"), quantize: bool = False) 
         check = partial(velocity_difference, model.model)
         print(f"Exported the DiT's velocity (EMA weights of {ckpt_path}) to {path}")
         _print_parity(path, check)
-        print(f"onnxruntime sampler vs PyTorch sampler ({PARITY_BATCH} samples, {PARITY_STEPS} "
-              f"Euler steps, guidance 3): max abs difference "
-              f"{sampler_difference(model.model, path):.2e}")  # fmt: skip
+        print(
+            f"onnxruntime sampler vs PyTorch sampler ({PARITY_BATCH} samples, {PARITY_STEPS} "
+            f"Euler steps, guidance 3): max abs difference "
+            f"{sampler_difference(model.model, path):.2e}"
+        )
     else:
         image_size = model.trained_image_size
         if image_size is None:
-            raise TinyCatsError(f"{ckpt_path} does not record the image size it was "
-                                "trained at: it was not written by `tinycats fit`.")  # fmt: skip
+            raise TinyCatsError(
+                f"{ckpt_path} does not record the image size it was "
+                "trained at: it was not written by `tinycats fit`."
+            )
         path = export_classifier(model, image_size, out / "classifier.onnx")
         check = partial(classifier_difference, model, image_size)
         print(f"Exported the classifier ({ckpt_path}) to {path}")
@@ -222,13 +242,17 @@ def export(ckpt_path: Path, out: Path = Path("export"), quantize: bool = False) 
     if quantize:
         quantized = path.with_name(f"{path.stem}.int8.onnx")
         before, after = quantize_int8(path, quantized)
-        print(f"int8 weights: {quantized}, {_megabytes(before)} → {_megabytes(after)}; max abs "
-              f"difference from PyTorch {check(quantized):.2e}")  # fmt: skip
+        print(
+            f"int8 weights: {quantized}, {_megabytes(before)} → {_megabytes(after)}; max abs "
+            f"difference from PyTorch {check(quantized):.2e}"
+        )
 
 
 def _print_parity(path: Path, check: Callable[[Path], float]) -> None:
-    print(f"ONNX vs PyTorch on {PARITY_BATCH} random inputs: max abs difference "
-          f"{check(path):.2e}; {_megabytes(path.stat().st_size)}")  # fmt: skip
+    print(
+        f"ONNX vs PyTorch on {PARITY_BATCH} random inputs: max abs difference "
+        f"{check(path):.2e}; {_megabytes(path.stat().st_size)}"
+    )
 
 
 def _megabytes(size: int) -> str:

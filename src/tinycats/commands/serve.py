@@ -32,18 +32,35 @@ class _Help(DefaultHelpFormatter, RawDescriptionHelpFormatter):
 def build_parser() -> ArgumentParser:
     """The ``tinycats serve`` flags (``--max_pixels``-style names, like the other commands)."""
     parser = ArgumentParser(prog="tinycats serve", description=DESCRIPTION, formatter_class=_Help)
-    parser.add_argument("--classifier", type=str, default="newest",
-                        help="classifier run or checkpoint, relative to --runs_dir")  # fmt: skip
-    parser.add_argument("--generator", type=str, default="newest",
-                        help="DiT run or checkpoint, relative to --runs_dir")  # fmt: skip
-    parser.add_argument("--runs_dir", type=Path, default=Path("outputs"),
-                        help="the runs folder (`tinycats fit`'s --run.outputs); requests "
-                        "cannot name files outside it")  # fmt: skip
-    parser.add_argument("--host", type=str, default="127.0.0.1",
-                        help="address to listen on; 0.0.0.0 opens it to other machines")  # fmt: skip
+    parser.add_argument(
+        "--classifier",
+        type=str,
+        default="newest",
+        help="classifier run or checkpoint, relative to --runs_dir",
+    )
+    parser.add_argument(
+        "--generator",
+        type=str,
+        default="newest",
+        help="DiT run or checkpoint, relative to --runs_dir",
+    )
+    parser.add_argument(
+        "--runs_dir",
+        type=Path,
+        default=Path("outputs"),
+        help="the runs folder (`tinycats fit`'s --run.outputs); requests "
+        "cannot name files outside it",
+    )
+    parser.add_argument(
+        "--host",
+        type=str,
+        default="127.0.0.1",
+        help="address to listen on; 0.0.0.0 opens it to other machines",
+    )
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads per request (0: torch's default)")  # fmt: skip
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads per request (0: torch's default)"
+    )
     parser.add_class_arguments(Limits, "limits")
     return parser
 
@@ -56,8 +73,10 @@ def load_store(
     ``require_a_run=False`` serves an empty store rather than refusing (a new Modal volume).
     """
     if not runs_dir.is_dir():
-        raise TinyCatsError(f"--runs_dir {runs_dir} is not a folder: pass the --run.outputs "
-                            "folder of `tinycats fit` (default: outputs).")  # fmt: skip
+        raise TinyCatsError(
+            f"--runs_dir {runs_dir} is not a folder: pass the --run.outputs "
+            "folder of `tinycats fit` (default: outputs)."
+        )
     store = ModelStore(runs_dir, limits)
     for kind, run in (("classifier", classifier), ("dit", generator)):
         try:
@@ -69,9 +88,11 @@ def load_store(
                 "Serving %s %s (%s, step %d)", kind, loaded.run, loaded.checkpoint, loaded.step
             )
     if require_a_run and not any(store.default.values()):
-        raise TinyCatsError(f"No classifier or DiT run to serve in {runs_dir}: train one with "
-                            "`tinycats fit -c configs/classifier_sample.yaml` or name one with "
-                            "--classifier / --generator.")  # fmt: skip
+        raise TinyCatsError(
+            f"No classifier or DiT run to serve in {runs_dir}: train one with "
+            "`tinycats fit -c configs/classifier_sample.yaml` or name one with "
+            "--classifier / --generator."
+        )
     return store
 
 
@@ -87,6 +108,7 @@ def main(argv: list[str]) -> None:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
     store = load_store(args.runs_dir, args.classifier, args.generator, Limits(**vars(args.limits)))
-    log.info("Loaded in %.1f s; open http://%s:%d", time.perf_counter() - started, args.host,
-             args.port)  # fmt: skip
+    log.info(
+        "Loaded in %.1f s; open http://%s:%d", time.perf_counter() - started, args.host, args.port
+    )
     uvicorn.run(build_app(store), host=args.host, port=args.port, log_level="info")

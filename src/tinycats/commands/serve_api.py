@@ -48,8 +48,10 @@ def build_app(store: ModelStore) -> FastAPI:
     async def refuse_big_bodies(request: Request, call_next):
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > allowed:
-            return JSONResponse({"detail": f"The request has {declared} bytes; the limit is "
-                                 f"{allowed}."}, status_code=413)  # fmt: skip
+            return JSONResponse(
+                {"detail": f"The request has {declared} bytes; the limit is {allowed}."},
+                status_code=413,
+            )
         return await call_next(request)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -67,11 +69,14 @@ def build_app(store: ModelStore) -> FastAPI:
     @app.post("/api/classify", max_body_size=allowed)
     async def classify_photos(
         file: Annotated[list[UploadFile], File(description="one or more photos")],
-        run: Annotated[str | None, Query(description="a classifier run; default: the loaded one")] = None,
-    ) -> dict[str, Any]:  # fmt: skip
+        run: Annotated[
+            str | None, Query(description="a classifier run; default: the loaded one")
+        ] = None,
+    ) -> dict[str, Any]:
         if len(file) > limits.max_files:
-            raise BadRequest(413, f"{len(file)} photos in one request; the limit is "
-                             f"{limits.max_files}.")  # fmt: skip
+            raise BadRequest(
+                413, f"{len(file)} photos in one request; the limit is {limits.max_files}."
+            )
         loaded = await run_in_threadpool(store.get, "classifier", run)
         photos = []
         for upload in file:
@@ -84,8 +89,7 @@ def build_app(store: ModelStore) -> FastAPI:
         named = [{"filename": u.filename} | r for u, r in zip(file, results, strict=True)]
         return {"run": loaded.run, "step": loaded.step, "results": named}
 
-    @app.get("/api/draw", response_class=Response,
-             responses={200: {"content": {"image/png": {}}}})  # fmt: skip
+    @app.get("/api/draw", response_class=Response, responses={200: {"content": {"image/png": {}}}})
     def draw_cats(
         breed: Annotated[str, Query(description="a breed the DiT knows, e.g. Bengal")],
         n: Annotated[int, Query(ge=1, le=limits.max_n)] = 8,
@@ -96,7 +100,8 @@ def build_app(store: ModelStore) -> FastAPI:
     ) -> Response:
         loaded = store.get("dit", run)
         png = draw(loaded, breed, n, steps, guidance, seed)
-        return Response(png, media_type="image/png",
-                        headers={"X-Run": loaded.run, "X-Step": str(loaded.step)})  # fmt: skip
+        return Response(
+            png, media_type="image/png", headers={"X-Run": loaded.run, "X-Step": str(loaded.step)}
+        )
 
     return app

@@ -74,9 +74,15 @@ class LoadedRun:
 
     def describe(self) -> dict[str, Any]:
         """The JSON-able description of this run (everything but the model)."""
-        return {"kind": self.kind, "run": self.run, "checkpoint": self.checkpoint,
-                "step": self.step, "metrics": self.metrics, "classes": self.classes,
-                "image_size": self.image_size}  # fmt: skip
+        return {
+            "kind": self.kind,
+            "run": self.run,
+            "checkpoint": self.checkpoint,
+            "step": self.step,
+            "metrics": self.metrics,
+            "classes": self.classes,
+            "image_size": self.image_size,
+        }
 
 
 class ModelStore:
@@ -114,9 +120,12 @@ class ModelStore:
         if run is None:
             run = self.default[kind]
             if run is None:
-                raise BadRequest(404, f"No {kind} run is loaded: start the server with "
-                                 f"--{'classifier' if kind == 'classifier' else 'generator'} RUN, "
-                                 "or name a run in the request.")  # fmt: skip
+                raise BadRequest(
+                    404,
+                    f"No {kind} run is loaded: start the server with "
+                    f"--{'classifier' if kind == 'classifier' else 'generator'} RUN, "
+                    "or name a run in the request.",
+                )
         path = self.confine(run)
         key = self._key(path)
         loaded = self.loaded[kind]
@@ -134,8 +143,11 @@ class ModelStore:
         """``run`` as a path inside the runs folder (relative paths are taken from it)."""
         path = (self.runs_root / run).resolve()
         if not path.is_relative_to(self.runs_root):
-            raise BadRequest(400, f"Run {run!r} is outside the runs folder {self.runs_root}: "
-                             "name a run directory or checkpoint inside it.")  # fmt: skip
+            raise BadRequest(
+                400,
+                f"Run {run!r} is outside the runs folder {self.runs_root}: "
+                "name a run directory or checkpoint inside it.",
+            )
         if not path.exists():
             raise BadRequest(404, f"No run or checkpoint at {run!r} in {self.runs_root}.")
         return path
@@ -161,8 +173,9 @@ def _load(kind: str, path: Path, name: str) -> LoadedRun:
     else:
         image_size = model.trained_image_size
         if image_size is None:
-            raise BadRequest(422, f"{checkpoint.name} does not say which image size it was "
-                             "trained at.")  # fmt: skip
+            raise BadRequest(
+                422, f"{checkpoint.name} does not say which image size it was trained at."
+            )
         classes = list(model.hparams.class_names or map(str, range(model.hparams.num_classes)))
     model.eval().requires_grad_(False)
     run_dir = path if path.is_dir() else path.parent
@@ -196,14 +209,18 @@ def decode_photo(data: bytes, size: int, limits: Limits) -> torch.Tensor:
     byte and pixel limits: the pixel count is read from the header, before anything is decoded.
     """
     if len(data) > limits.max_upload_bytes:
-        raise BadRequest(413, f"The upload has {len(data)} bytes; the limit is "
-                         f"{limits.max_upload_bytes}.")  # fmt: skip
+        raise BadRequest(
+            413, f"The upload has {len(data)} bytes; the limit is {limits.max_upload_bytes}."
+        )
     try:
         with Image.open(io.BytesIO(data)) as image:
             pixels = image.width * image.height
             if pixels > limits.max_pixels:
-                raise BadRequest(413, f"The image has {image.width}×{image.height} pixels; the "
-                                 f"limit is {limits.max_pixels} pixels.")  # fmt: skip
+                raise BadRequest(
+                    413,
+                    f"The image has {image.width}×{image.height} pixels; the "
+                    f"limit is {limits.max_pixels} pixels.",
+                )
             image.draft("RGB", (size, size))
             image.load()
             rgb = image.convert("RGB")
@@ -226,8 +243,13 @@ def classify(loaded: LoadedRun, photos: list[torch.Tensor]) -> list[dict[str, An
     results = []
     for row in probabilities.tolist():
         best = max(range(len(row)), key=row.__getitem__)
-        results.append({"label": loaded.classes[best], "probability": row[best],
-                        "probabilities": dict(zip(loaded.classes, row, strict=True))})  # fmt: skip
+        results.append(
+            {
+                "label": loaded.classes[best],
+                "probability": row[best],
+                "probabilities": dict(zip(loaded.classes, row, strict=True)),
+            }
+        )
     return results
 
 
@@ -236,8 +258,9 @@ def draw(loaded: LoadedRun, breed: str, n: int, steps: int, guidance: float, see
     wanted = breed.replace(" ", "_").lower()
     rows = loaded.classes if wanted == "all" else [c for c in loaded.classes if c.lower() == wanted]
     if not rows:
-        raise BadRequest(422, f"Unknown breed {breed!r}. This model knows: all, "
-                         f"{', '.join(loaded.classes)}.")  # fmt: skip
+        raise BadRequest(
+            422, f"Unknown breed {breed!r}. This model knows: all, {', '.join(loaded.classes)}."
+        )
     labels = torch.tensor([loaded.classes.index(row) for row in rows]).repeat_interleave(n)
     device = loaded.model.device
     # The precision `tinycats sample` draws in, so both give the same picture for the same seed.

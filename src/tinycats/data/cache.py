@@ -60,17 +60,24 @@ def _build(paths: Sequence[Path], size: int, target: Path) -> None:
     kept = [i for i, result in enumerate(results) if not isinstance(result, str)]
     skipped = [result for result in results if isinstance(result, str)]
     converted = sum(1 for i in kept if results[i][1])
-    images = (torch.stack([results[i][0] for i in kept]) if kept
-              else torch.empty(0, 3, size, size, dtype=torch.uint8))  # fmt: skip
+    images = (
+        torch.stack([results[i][0] for i in kept])
+        if kept
+        else torch.empty(0, 3, size, size, dtype=torch.uint8)
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(f".tmp-{os.getpid()}")
     torch.save({"images": images, "kept": torch.tensor(kept, dtype=torch.long)}, partial)
     os.replace(partial, target)
     log.info(
         "Cached %d images at %d px in %s (%d converted to RGB, %d skipped as unreadable%s)",
-        len(kept), size, target, converted, len(skipped),
+        len(kept),
+        size,
+        target,
+        converted,
+        len(skipped),
         ": " + "; ".join(skipped) if skipped else "",
-    )  # fmt: skip
+    )
 
 
 def _content_digest(path: Path) -> str:

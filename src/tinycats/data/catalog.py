@@ -17,17 +17,46 @@ from tinycats.errors import TinyCatsError
 LabelMode = Literal["cat_vs_dog", "cat_breeds", "pet_breeds", "folder"]
 
 CAT_BREEDS = (
-    "Abyssinian", "Bengal", "Birman", "Bombay", "British_Shorthair", "Egyptian_Mau",
-    "Maine_Coon", "Persian", "Ragdoll", "Russian_Blue", "Siamese", "Sphynx",
-)  # fmt: skip
+    "Abyssinian",
+    "Bengal",
+    "Birman",
+    "Bombay",
+    "British_Shorthair",
+    "Egyptian_Mau",
+    "Maine_Coon",
+    "Persian",
+    "Ragdoll",
+    "Russian_Blue",
+    "Siamese",
+    "Sphynx",
+)
 DOG_BREEDS = (
-    "american_bulldog", "american_pit_bull_terrier", "basset_hound", "beagle", "boxer",
-    "chihuahua", "english_cocker_spaniel", "english_setter", "german_shorthaired",
-    "great_pyrenees", "havanese", "japanese_chin", "keeshond", "leonberger",
-    "miniature_pinscher", "newfoundland", "pomeranian", "pug", "saint_bernard", "samoyed",
-    "scottish_terrier", "shiba_inu", "staffordshire_bull_terrier", "wheaten_terrier",
+    "american_bulldog",
+    "american_pit_bull_terrier",
+    "basset_hound",
+    "beagle",
+    "boxer",
+    "chihuahua",
+    "english_cocker_spaniel",
+    "english_setter",
+    "german_shorthaired",
+    "great_pyrenees",
+    "havanese",
+    "japanese_chin",
+    "keeshond",
+    "leonberger",
+    "miniature_pinscher",
+    "newfoundland",
+    "pomeranian",
+    "pug",
+    "saint_bernard",
+    "samoyed",
+    "scottish_terrier",
+    "shiba_inu",
+    "staffordshire_bull_terrier",
+    "wheaten_terrier",
     "yorkshire_terrier",
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)
@@ -67,8 +96,12 @@ def build_catalog(folder: Path, labels: LabelMode) -> Catalog:
         raise TinyCatsError(f"Image folder {folder} does not exist.")
     class_names = class_names_for(labels, folder)
     if labels == "folder":
-        pairs = make_dataset(str(folder), {name: i for i, name in enumerate(class_names)},
-                             extensions=IMG_EXTENSIONS, allow_empty=True)  # fmt: skip
+        pairs = make_dataset(
+            str(folder),
+            {name: i for i, name in enumerate(class_names)},
+            extensions=IMG_EXTENSIONS,
+            allow_empty=True,
+        )
         items = sorted((Path(path), target) for path, target in pairs)
     else:
         items = sorted(_oxford_items(folder, labels, class_names))

@@ -96,9 +96,11 @@ class PetsDataModule(L.LightningDataModule):
             )
         log.info(
             "%s: %d train / %d val / %d test images, %d classes (%s)",
-            self.hparams.labels, *(len(part) for part in parts), self.num_classes,
+            self.hparams.labels,
+            *(len(part) for part in parts),
+            self.num_classes,
             self.hparams.source,
-        )  # fmt: skip
+        )
 
     def train_dataloader(self) -> StatefulDataLoader:
         return self._loader("train", shuffle=True)
@@ -141,8 +143,9 @@ class PetsDataModule(L.LightningDataModule):
             except (UnreadableImage, FileNotFoundError) as err:
                 problems.append(str(err))
         if problems:
-            raise TinyCatsError("Cannot predict on files that are not readable images: "
-                                + "; ".join(problems))  # fmt: skip
+            raise TinyCatsError(
+                "Cannot predict on files that are not readable images: " + "; ".join(problems)
+            )
         # In place of a label: each image's index in predict_paths, for printing the results.
         return TensorDataset(torch.stack(images), torch.arange(len(images)))
 
@@ -153,10 +156,13 @@ class PetsDataModule(L.LightningDataModule):
         # Each rank its share of the batches (the trainer has use_distributed_sampler=False).
         shared = split != "predict" and self.trainer is not None
         batches = EpochBatches(
-            len(dataset), self.hparams.batch_size, self.hparams.split_seed, shuffle,
+            len(dataset),
+            self.hparams.batch_size,
+            self.hparams.split_seed,
+            shuffle,
             rank=self.trainer.global_rank if shared else 0,
             world_size=self.trainer.world_size if shared else 1,
-        )  # fmt: skip
+        )
         on_device = split != "predict" and self.images_on_device
         workers = 0 if on_device else self._workers()
         return StatefulDataLoader(

@@ -82,8 +82,11 @@ def ensure_oxford_pets(
 def _set_aside_unmarked(dataset_dir: Path) -> None:
     """Move an unmarked dataset folder (an install killed half-way) to a temporary name."""
     aside = Path(tempfile.mkdtemp(dir=dataset_dir.parent, prefix=_TEMP_PREFIX))
-    log.warning("%s has no %s marker: an earlier install was cut short. Installing it again.",
-                dataset_dir, _COMPLETE_MARKER)  # fmt: skip
+    log.warning(
+        "%s has no %s marker: an earlier install was cut short. Installing it again.",
+        dataset_dir,
+        _COMPLETE_MARKER,
+    )
     os.replace(dataset_dir, aside / _DATASET_DIR)
 
 

@@ -30,7 +30,13 @@ class EpochBatches(Sampler[list[int]]):
     """
 
     def __init__(
-        self, size: int, batch_size: int, seed: int, shuffle: bool, rank: int = 0, world_size: int = 1
+        self,
+        size: int,
+        batch_size: int,
+        seed: int,
+        shuffle: bool,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.size = size
         self.batch_size = batch_size
@@ -48,8 +54,10 @@ class EpochBatches(Sampler[list[int]]):
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         if state is None:  # a checkpoint from before the sampler had state
-            log.warning("The checkpoint does not record the sampler's epoch: a run resumed after "
-                        "its first epoch sees other batches than an uninterrupted run would.")  # fmt: skip
+            log.warning(
+                "The checkpoint does not record the sampler's epoch: a run resumed after "
+                "its first epoch sees other batches than an uninterrupted run would."
+            )
             return
         self.epoch = state["epoch"]
 

@@ -75,17 +75,19 @@ class _PassThrough(nn.Module):
 def fid_kid(real: Tensor, fake: Tensor, seed: int = 0) -> tuple[float, float, float]:
     """FID, and KID's mean and std over random subsets, between two sets of features (N, D)."""
     if min(real.shape[0], fake.shape[0]) < 2:
-        raise ValueError(f"FID needs at least 2 features per set, got {real.shape[0]} and "
-                         f"{fake.shape[0]}")  # fmt: skip
+        raise ValueError(
+            f"FID needs at least 2 features per set, got {real.shape[0]} and {fake.shape[0]}"
+        )
     features = _PassThrough(real.shape[1])
     fid = FrechetInceptionDistance(feature=features)
     with warnings.catch_warnings():
         # KID warns that it keeps every feature in memory: these features are there already.
         warnings.filterwarnings("ignore", message=".*will save all extracted features")
         kid = KernelInceptionDistance(
-            feature=features, subsets=KID_SUBSETS,
+            feature=features,
+            subsets=KID_SUBSETS,
             subset_size=min(KID_MAX_SUBSET_SIZE, real.shape[0], fake.shape[0]),
-        )  # fmt: skip
+        )
     for metric in (fid, kid):  # float64 features in, float64 figures out
         metric.update(real, real=True)
         metric.update(fake, real=False)
@@ -130,8 +132,12 @@ def scores_by_class(
     for index, name in enumerate(class_names):
         real_part, fake_part = real[real_labels == index], fake[fake_labels == index]
         if min(real_part.shape[0], fake_part.shape[0]) < 2:
-            log.warning("No FID for %s: %d real images and %d samples (needs 2 of each).",
-                        name, real_part.shape[0], fake_part.shape[0])  # fmt: skip
+            log.warning(
+                "No FID for %s: %d real images and %d samples (needs 2 of each).",
+                name,
+                real_part.shape[0],
+                fake_part.shape[0],
+            )
             continue
         figures = _named(fid_kid(real_part, fake_part))
         scores.append(Score(name, fake_part.shape[0], real_part.shape[0], **setting, **figures))
@@ -141,15 +147,19 @@ def scores_by_class(
 def format_scores(scores: Sequence[Score]) -> str:
     """A plain-text table of scores: every row shows its sample count, steps and guidance."""
     width = max(len("group"), *(len(s.group) for s in scores))
-    header = (f"{'group':<{width}}  {'samples':>7}  {'real':>5}  {'steps':>5}  {'guidance':>8}  "
-              f"{'FID':>8}  {'KID x 1000':>14}")  # fmt: skip
+    header = (
+        f"{'group':<{width}}  {'samples':>7}  {'real':>5}  {'steps':>5}  {'guidance':>8}  "
+        f"{'FID':>8}  {'KID x 1000':>14}"
+    )
     lines = [header]
     for s in scores:
         steps = "-" if s.steps is None else str(s.steps)
         guidance = "-" if s.cfg_scale is None else f"{s.cfg_scale:g}"
         kid = f"{1000 * s.kid_mean:.2f} ± {1000 * s.kid_std:.2f}"
-        lines.append(f"{s.group:<{width}}  {s.num_samples:>7}  {s.num_real:>5}  {steps:>5}  "
-                     f"{guidance:>8}  {s.fid:>8.2f}  {kid:>14}")  # fmt: skip
+        lines.append(
+            f"{s.group:<{width}}  {s.num_samples:>7}  {s.num_real:>5}  {steps:>5}  "
+            f"{guidance:>8}  {s.fid:>8.2f}  {kid:>14}"
+        )
     return "\n".join(lines)
 
 

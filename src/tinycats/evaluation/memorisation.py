@@ -36,8 +36,11 @@ def distance_summary(distances: Tensor) -> dict[str, float]:
     """The count, mean and quantiles (min, 5 %, 25 %, median, 75 %, max) of distances."""
     levels = torch.tensor(list(QUANTILES.values()), dtype=torch.float64)
     values = torch.quantile(distances.double(), levels).tolist()
-    return {"count": distances.numel(), "mean": distances.double().mean().item(),
-            **dict(zip(QUANTILES, values, strict=True))}  # fmt: skip
+    return {
+        "count": distances.numel(),
+        "mean": distances.double().mean().item(),
+        **dict(zip(QUANTILES, values, strict=True)),
+    }
 
 
 def format_summaries(summaries: dict[str, dict[str, float]]) -> str:

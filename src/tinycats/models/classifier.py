@@ -73,10 +73,12 @@ class CatClassifier(L.LightningModule):
         )
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        metrics = MetricCollection({
-            "acc": MulticlassAccuracy(num_classes, average="micro"),
-            "f1": MulticlassF1Score(num_classes, average="macro"),
-        })  # fmt: skip
+        metrics = MetricCollection(
+            {
+                "acc": MulticlassAccuracy(num_classes, average="micro"),
+                "f1": MulticlassF1Score(num_classes, average="macro"),
+            }
+        )
         self._channels_last = False  # both decided in configure_model, once the device is known
         self._compiled: CompiledOrEager | None = None
         self.val_metrics = metrics.clone(prefix="val/")
@@ -112,8 +114,9 @@ class CatClassifier(L.LightningModule):
         images = to_unit_range(images)
         generator = step_generator(self.hparams.seed, self.global_step, self.global_rank)
         if self.hparams.augment:
-            images = color_jitter(random_flip(random_resized_crop(images, generator), generator),
-                                  generator)  # fmt: skip
+            images = color_jitter(
+                random_flip(random_resized_crop(images, generator), generator), generator
+            )
         # Dropout in some backbones (MobileNet, EfficientNet) draws from the global RNG, which a
         # resumed run does not restore: seed it per step as well (plans/0011-exact-resume.md).
         torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))

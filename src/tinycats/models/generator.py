@@ -173,8 +173,13 @@ class DiTGenerator(L.LightningModule):
             flow_loss(self.model, x0, labels, noise=noise[i], t=times[i].expand(x0.shape[0]))
             for i in range(steps)
         ]
-        self.log("val/flow_loss", torch.stack(losses).mean(), prog_bar=True,
-                 batch_size=x0.shape[0], sync_dist=True)  # fmt: skip
+        self.log(
+            "val/flow_loss",
+            torch.stack(losses).mean(),
+            prog_bar=True,
+            batch_size=x0.shape[0],
+            sync_dist=True,
+        )
 
     @torch.no_grad()
     def generate(
@@ -187,12 +192,18 @@ class DiTGenerator(L.LightningModule):
     ) -> Tensor:
         """Images in [0, 1] of the given classes, from noise fixed by ``seed``."""
         size, channels = self.model.image_size, self.model.in_channels
-        noise = torch.randn((labels.shape[0], channels, size, size),
-                            generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        noise = torch.randn(
+            (labels.shape[0], channels, size, size), generator=torch.Generator().manual_seed(seed)
+        )
         images = sample(
-            self.model, noise.to(self.device), labels.to(self.device), steps=steps,
-            cfg_scale=cfg_scale, null_class=self.model.null_class, method=method,
-        )  # fmt: skip
+            self.model,
+            noise.to(self.device),
+            labels.to(self.device),
+            steps=steps,
+            cfg_scale=cfg_scale,
+            null_class=self.model.null_class,
+            method=method,
+        )
         return images.clamp(-1, 1).add(1).div(2)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
@@ -220,9 +231,11 @@ class DiTGenerator(L.LightningModule):
         per_class = self.hparams.samples_per_class
         labels = torch.arange(self.hparams.num_classes).repeat_interleave(per_class)
         images = ema.generate(
-            labels, seed=self.hparams.seed, steps=self.hparams.sample_steps,
+            labels,
+            seed=self.hparams.seed,
+            steps=self.hparams.sample_steps,
             cfg_scale=self.hparams.sample_cfg_scale,
-        )  # fmt: skip
+        )
         grid = save_labelled_grid(images, self.class_labels, path)
         for logger in self.loggers:  # TensorBoard shows each grid at its step, beside the PNGs
             if isinstance(logger, TensorBoardLogger):

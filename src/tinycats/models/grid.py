@@ -27,8 +27,9 @@ def labelled_grid(images: Tensor, row_labels: Sequence[str]) -> Image.Image:
     rows = len(row_labels)
     if rows == 0 or images.shape[0] % rows:
         raise ValueError(f"cannot lay {images.shape[0]} images out in {rows} equal rows")
-    grid = make_grid(images.detach().float().cpu(), nrow=images.shape[0] // rows,
-                     padding=PADDING, pad_value=1.0)  # fmt: skip
+    grid = make_grid(
+        images.detach().float().cpu(), nrow=images.shape[0] // rows, padding=PADDING, pad_value=1.0
+    )
     picture = to_pil_image(grid.mul(255).round().to(torch.uint8))
     image_height = images.shape[-2]
     # Text about half a row high stays legible from 16 px images up without dwarfing them.

@@ -51,8 +51,10 @@ def choose_precision(
     if not features:
         return Precision(None, "this CPU has no native bfloat16 (no AVX512-BF16 or AMX-BF16)")
     if not getattr(model, "cpu_bf16", True):
-        return Precision(None, f"this {type(model).__name__} trains slower in bf16 on CPUs "
-                         "(its cpu_bf16 is false)")  # fmt: skip
+        return Precision(
+            None,
+            f"this {type(model).__name__} trains slower in bf16 on CPUs (its cpu_bf16 is false)",
+        )
     return Precision("bf16-mixed", f"this CPU computes bfloat16 natively ({', '.join(features)})")
 
 

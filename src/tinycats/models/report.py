@@ -98,8 +98,13 @@ def draw_confusion(matrix: Tensor, class_names: Sequence[str], title: str) -> Im
     draw.text((MARGIN, MARGIN), title, fill="black", font=bold)
     draw.text((MARGIN, 2 * MARGIN + line), subtitle, fill="dimgray", font=font)
     cells_middle = (left + num_classes * CELL / 2, top + num_classes * CELL / 2)
-    draw.text((cells_middle[0], 3 * MARGIN + 2 * line), "predicted class", fill="black",
-              font=font, anchor="mt")  # fmt: skip
+    draw.text(
+        (cells_middle[0], 3 * MARGIN + 2 * line),
+        "predicted class",
+        fill="black",
+        font=font,
+        anchor="mt",
+    )
     axis = _vertical_text("true class", font)
     _paste_black(canvas, axis, MARGIN, round(cells_middle[1]) - axis.height // 2)
 
@@ -108,8 +113,9 @@ def draw_confusion(matrix: Tensor, class_names: Sequence[str], title: str) -> Im
         middle = top + i * CELL + CELL // 2
         draw.text((left - MARGIN, middle), name, fill="black", font=font, anchor="rm")
         label = _vertical_text(name, font)
-        _paste_black(canvas, label, left + i * CELL + (CELL - label.width) // 2,
-                     top - MARGIN - label.height)  # fmt: skip
+        _paste_black(
+            canvas, label, left + i * CELL + (CELL - label.width) // 2, top - MARGIN - label.height
+        )
         for j in range(num_classes):
             share = matrix[i, j].item() / row_totals[i].item()
             colour = tuple(
@@ -117,8 +123,13 @@ def draw_confusion(matrix: Tensor, class_names: Sequence[str], title: str) -> Im
             )
             x, y = left + j * CELL, top + i * CELL
             draw.rectangle((x, y, x + CELL, y + CELL), fill=colour, outline="lightgray")
-            draw.text((x + CELL / 2, y + CELL / 2), str(matrix[i, j].item()), font=font,
-                      fill="white" if share > 0.5 else "black", anchor="mm")  # fmt: skip
+            draw.text(
+                (x + CELL / 2, y + CELL / 2),
+                str(matrix[i, j].item()),
+                font=font,
+                fill="white" if share > 0.5 else "black",
+                anchor="mm",
+            )
     return canvas
 
 

@@ -31,8 +31,9 @@ def random_resized_crop(
     theta[:, 0, 0] = theta[:, 1, 1] = side
     theta[:, :, 2] = shift
     grid = F.affine_grid(theta.to(images), list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection",
-                         align_corners=False)  # fmt: skip
+    return F.grid_sample(
+        images, grid, mode="bilinear", padding_mode="reflection", align_corners=False
+    )
 
 
 def color_jitter(

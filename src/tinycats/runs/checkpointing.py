@@ -137,8 +137,10 @@ class VolumeCheckpoint(ModelCheckpoint):
         if _between_accumulated_batches(trainer):
             # The gradients summed so far are in no checkpoint: resuming here would step with
             # part of them. The newest checkpoint on disk is an exact place to continue from.
-            log.warning("Stopped between the batches of one accumulated step: not saving; the "
-                        "run continues from its newest checkpoint.")  # fmt: skip
+            log.warning(
+                "Stopped between the batches of one accumulated step: not saving; the "
+                "run continues from its newest checkpoint."
+            )
             return
         self._save_last_if_unsaved(trainer)
 
@@ -229,14 +231,25 @@ def build_checkpoints(
     if policy.every_n_train_steps < 1 or policy.keep_last < 1:
         raise TinyCatsError("checkpoint.every_n_train_steps and checkpoint.keep_last must be >= 1.")
     steps = VolumeCheckpoint(
-        dirpath=dirpath, filename=STEP_FILENAME, monitor="step", mode="max",
-        save_top_k=policy.keep_last, every_n_train_steps=policy.every_n_train_steps,
-        save_last=True, auto_insert_metric_name=False, commit=commit,
-    )  # fmt: skip
+        dirpath=dirpath,
+        filename=STEP_FILENAME,
+        monitor="step",
+        mode="max",
+        save_top_k=policy.keep_last,
+        every_n_train_steps=policy.every_n_train_steps,
+        save_last=True,
+        auto_insert_metric_name=False,
+        commit=commit,
+    )
     if not policy.best_monitor:
         return [steps]
     best = VolumeCheckpoint(
-        dirpath=dirpath, filename="best", monitor=policy.best_monitor, mode=policy.best_mode,
-        save_top_k=1, auto_insert_metric_name=False, commit=commit,
-    )  # fmt: skip
+        dirpath=dirpath,
+        filename="best",
+        monitor=policy.best_monitor,
+        mode=policy.best_mode,
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        commit=commit,
+    )
     return [steps, best]

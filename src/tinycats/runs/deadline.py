@@ -21,9 +21,13 @@ class AttemptDeadline(Callback):
         self.reached = False
 
     def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
         batch_idx: int,
-    ) -> None:  # fmt: skip
+    ) -> None:
         # Rank 0's clock decides for every rank, so all of them stop after the same step.
         past = trainer.strategy.broadcast(time.time() >= self.stop_at)
         if past and not _last_step(trainer, batch_idx):

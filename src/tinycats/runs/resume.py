@@ -77,8 +77,10 @@ def resolve_extension(run_dir: Path, model: nn.Module) -> Path:
     epochs; refuses (TinyCatsError) when the config changed what that checkpoint can continue."""
     newest = next(iter(newest_first(resumable_checkpoints(run_dir))), None)
     if newest is None:
-        raise TinyCatsError(f"{run_dir} finished but holds no last.ckpt or step checkpoint to "
-                            "continue from: train under a new --run.name.")  # fmt: skip
+        raise TinyCatsError(
+            f"{run_dir} finished but holds no last.ckpt or step checkpoint to "
+            "continue from: train under a new --run.name."
+        )
     problem = _problem_with(newest, {k: v.shape for k, v in model.state_dict().items()})
     saved = torch.load(newest, map_location="cpu", weights_only=False, mmap=True)
     names = saved.get("hyper_parameters", {}).get("class_names")
