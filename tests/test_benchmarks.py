@@ -12,7 +12,7 @@ import torch
 from tinycats.models import CatClassifier, DiTGenerator
 from tinycats.models.performance import auto_precision
 
-from helpers.dit import TINY_DIT
+from helpers.dit import TINY_DIT, TINY_SIZE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,7 +92,7 @@ def test_the_quick_suite_writes_the_summary_and_every_part(pets_sample, tmp_path
     # Each config in the precision `tinycats fit` would pick here.
     assert [row[2] for row in rows] == [
         auto_precision(None, model=CatClassifier()) or "32-true",
-        auto_precision(None, model=DiTGenerator(**TINY_DIT)) or "32-true",
+        auto_precision(None, model=DiTGenerator(**TINY_DIT, image_size=TINY_SIZE)) or "32-true",
     ]
     assert "- fp32 peak: " in report
 
