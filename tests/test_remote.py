@@ -18,6 +18,8 @@ from typing import ClassVar
 
 import pytest
 
+from tinycats.launch import attempt_budget_s as ATTEMPT_BUDGET_S
+
 REPO = Path(__file__).resolve().parents[1]
 REMOTE = REPO / "src/tinycats/remote.py"
 CLASSIFIER_TINY = REPO / "tests/configs/classifier_tiny.yaml"
@@ -800,11 +802,17 @@ def test_a_signal_fails_the_attempt_and_the_retry_continues(
     assert retried["attempts"] == 2
 
 
+def no_time_left(remote, monkeypatch) -> None:
+    """Attempts whose time is up from the start: each stops after its first step, however fast
+    this machine trains (a short real timeout would let a fast machine finish first)."""
+    monkeypatch.setattr(remote.launch, "attempt_budget_s", lambda timeout: 0.0)
+
+
 @pytest.mark.slow
 def test_attempts_that_use_their_time_continue_until_the_run_is_done(
     remote, storage, pets_sample, monkeypatch, caplog
 ) -> None:
-    # Attempts of 1 s: each one stops after its first step, with last.ckpt written and committed,
+    # Attempts with no time: each one stops after its first step, with last.ckpt written and committed,
     # and returns "continue"; the driver calls again until the run is finished.
     real_runner = remote.Runner
     calls = []
@@ -813,7 +821,7 @@ def test_attempts_that_use_their_time_continue_until_the_run_is_done(
         calls.append(args)
         return real_runner().fit.local(*args)
 
-    monkeypatch.setattr(remote, "TIMEOUT_S", 1)
+    no_time_left(remote, monkeypatch)
     monkeypatch.setattr(
         remote, "Runner", lambda: SimpleNamespace(fit=SimpleNamespace(remote=local_call))
     )
@@ -838,10 +846,10 @@ def test_a_launch_without_a_date_continues_the_newest_run_of_its_name(
 ) -> None:
     config = CLASSIFIER_TINY.read_text()
     overrides = [f"--data.source={pets_sample}", "--trainer.max_steps=2"]
-    monkeypatch.setattr(remote, "TIMEOUT_S", 1)
+    no_time_left(remote, monkeypatch)
     started = remote.Runner().fit.local(config, overrides, "tiny", "", "", "2026-01-02")
     assert started["status"] == "continue"
-    monkeypatch.setattr(remote, "TIMEOUT_S", 3600)
+    monkeypatch.setattr(remote.launch, "attempt_budget_s", ATTEMPT_BUDGET_S)
     # A day later, without --date: the same run continues, in its own folder.
     later = remote.Runner().fit.local(config, overrides, "tiny", "", "", "2026-01-03")
     assert later["status"] == "finished" and later["global_step"] == 2
@@ -862,13 +870,13 @@ def test_a_start_checkpoint_is_used_only_while_the_run_has_none(
     caplog.set_level("INFO", logger="tinycats")
     longer = [source, "--trainer.max_steps=4"]
     # The first attempt starts from the base run and is cut short after one step...
-    monkeypatch.setattr(remote, "TIMEOUT_S", 1)
+    no_time_left(remote, monkeypatch)
     first = remote.Runner().fit.local(config, longer, "tuned", RUN_DATE, start)
     assert first["status"] == "continue" and first["global_step"] == 3
     assert f"Resuming from {storage.outputs / start}" in caplog.text
     # ...and the next one continues the tuned run, not the base run again.
     caplog.clear()
-    monkeypatch.setattr(remote, "TIMEOUT_S", 3600)
+    monkeypatch.setattr(remote.launch, "attempt_budget_s", ATTEMPT_BUDGET_S)
     tuned = remote.Runner().fit.local(config, longer, "tuned", RUN_DATE, start)
     assert f"Resuming from {Path(first['run_dir']) / 'last.ckpt'}" in caplog.text
     assert tuned["status"] == "finished" and tuned["global_step"] == 4
