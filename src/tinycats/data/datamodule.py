@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset, TensorDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from tinycats.data.cache import load_or_build_cache
+from tinycats.data.cache import ImageCache, load_or_build_cache
 from tinycats.data.catalog import Catalog, LabelMode, build_catalog, class_names_for
 from tinycats.data.download import OXFORD_PETS_ARCHIVES, OXFORD_PETS_URL, ensure_oxford_pets
 from tinycats.data.images import UnreadableImage, load_square
@@ -65,6 +65,7 @@ class PetsDataModule(L.LightningDataModule):
         self.commit: Callable[[], None] = lambda: None
         self.datasets: dict[str, Dataset] = {}
         self.images_on_device = False
+        self._prepared: ImageCache | None = None  # prepare_data's cache, on the process that ran it
 
     @property
     def num_classes(self) -> int:
@@ -74,7 +75,10 @@ class PetsDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Download (once) and build the uint8 cache (once); runs on one process per machine."""
         catalog = self._catalog()
-        load_or_build_cache(catalog.paths, self.hparams.image_size, self._cache_dir, self.commit)
+        # Kept for setup in this process: the cache key hashes every photo, once is enough.
+        self._prepared = load_or_build_cache(
+            catalog.paths, self.hparams.image_size, self._cache_dir, self.commit
+        )
 
     def setup(self, stage: str) -> None:
         """Load the cache and split it the same way on every run."""
@@ -82,7 +86,9 @@ class PetsDataModule(L.LightningDataModule):
             self.datasets["predict"] = self._predict_dataset()
             return
         catalog = self._catalog()
-        cache = load_or_build_cache(catalog.paths, self.hparams.image_size, self._cache_dir)
+        cache = self._prepared or load_or_build_cache(
+            catalog.paths, self.hparams.image_size, self._cache_dir
+        )
         targets = torch.tensor([catalog.targets[i] for i in cache.kept])
         parts = stratified_split(
             targets.tolist(), tuple(self.hparams.split), self.hparams.split_seed
