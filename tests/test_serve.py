@@ -305,6 +305,30 @@ def test_the_command_serves_on_the_loopback_unless_told(runs, monkeypatch) -> No
     assert refused.value.code == 2
 
 
+def test_the_command_reads_its_options_from_a_config_file(runs, monkeypatch, tmp_path) -> None:
+    import uvicorn
+
+    from tinycats.cli import main
+    from tinycats.commands import serve
+
+    served, limits = [], []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.append(kwargs))
+    load_store = serve.load_store
+    monkeypatch.setattr(
+        serve, "load_store", lambda *args: limits.append(args[3]) or load_store(*args)
+    )
+    config = tmp_path / "serve.yaml"
+    config.write_text(f"runs_dir: {runs}\nport: 8081\nlimits:\n  max_n: 4\n")
+    main(["serve", "-c", str(config)])
+    main(["serve", "--config", str(config), "--port", "8082"])  # a later flag wins
+    assert [s["port"] for s in served] == [8081, 8082]
+    assert [limit.max_n for limit in limits] == [4, 4]
+    config.write_text("prot: 8081\n")
+    with pytest.raises(SystemExit) as refused:
+        main(["serve", "-c", str(config)])
+    assert refused.value.code == 2
+
+
 # --- The web page in a real browser (headless Chromium from the OS packages) --------------------
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")

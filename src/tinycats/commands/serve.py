@@ -2,11 +2,11 @@
 
 import logging
 import time
-from argparse import RawDescriptionHelpFormatter
 from pathlib import Path
 
-from jsonargparse import ArgumentParser, DefaultHelpFormatter
+from jsonargparse import ArgumentParser
 
+from tinycats.commands.parsing import command_parser
 from tinycats.commands.serve_models import Limits, ModelStore
 from tinycats.errors import TinyCatsError
 
@@ -22,16 +22,13 @@ examples:
   tinycats serve                                      the newest classifier and DiT in outputs/
   tinycats serve --generator checkpoints/dit/2026-01-31/sample --classifier ''
   tinycats serve --host 0.0.0.0 --port 8080           reachable from other machines
+  tinycats serve -c serve.yaml --port 8081            options from a file, later flags win
 """
-
-
-class _Help(DefaultHelpFormatter, RawDescriptionHelpFormatter):
-    """jsonargparse's help, with the description's examples kept on their lines."""
 
 
 def build_parser() -> ArgumentParser:
     """The ``tinycats serve`` flags (``--max_pixels``-style names, like the other commands)."""
-    parser = ArgumentParser(prog="tinycats serve", description=DESCRIPTION, formatter_class=_Help)
+    parser = command_parser("tinycats serve", DESCRIPTION)
     parser.add_argument(
         "--classifier",
         type=str,
