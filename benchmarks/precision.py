@@ -4,8 +4,9 @@
 
 For each model, float32 and bf16-mixed training steps (forward under ``torch.autocast`` as
 Lightning's bf16-mixed runs it, backward, fused AdamW on the float32 weights) alternate in one
-process on random data of the config's shape, and a 2048² float32 and bf16 matmul follow each
-round. Everything runs on **one thread and is timed in process CPU time**: on a shared machine
+process on random data of the config's shape, and a float32 and a bf16 matmul follow each round
+(2048², or smaller where bf16 is emulated and a 2048² one would take a minute; the header says
+which). Everything runs on **one thread and is timed in process CPU time**: on a shared machine
 other processes' time slices then do not count, and no step waits for a descheduled sibling
 thread (with two threads on a machine loaded several times over its cores, those waits
 dominated the wall-clock step). The speed-up is the median of the steps' ratios. This is what
@@ -24,6 +25,7 @@ import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.harness import REPO, markdown_table
+from tinycats.models.performance import cpu_bf16_features
 from tinycats.networks.dit import TinyDiT
 from tinycats.networks.flow import flow_loss
 from tinycats.runs.run_dir import read_config
@@ -103,15 +105,25 @@ MODELS: dict[str, tuple[str, Callable[[], Step]]] = {
 }
 
 
-def matmul_rate(dtype: torch.dtype, n: int = 2048) -> float:
-    """FLOP/s (CPU time) of the fastest of three n² matmuls."""
-    a, b = (torch.randn(n, n, dtype=dtype) for _ in range(2))
-    best = float("inf")
-    for _ in range(3):
-        start = time.process_time()
-        a @ b
-        best = min(best, time.process_time() - start)
-    return 2 * n**3 / best
+def matmul_rate(
+    dtype: torch.dtype, largest: int = 2048, budget_s: float = 1.0
+) -> tuple[float, int]:
+    """FLOP/s (CPU time) of the fastest of three n² matmuls, and n: the largest power of two up
+    to ``largest`` whose matmul fits in ``budget_s``. A CPU without native bfloat16 emulates it
+    some 50x slower than float32, where one 2048² matmul would take a minute."""
+    n, seconds = 256, 0.0
+    while True:
+        a, b = (torch.randn(n, n, dtype=dtype) for _ in range(2))
+        seconds = min(_cpu_seconds(a, b) for _ in range(3))
+        if n >= largest or 8 * seconds > budget_s:  # the next size costs 8x
+            return 2 * n**3 / seconds, n
+        n *= 2
+
+
+def _cpu_seconds(a: torch.Tensor, b: torch.Tensor) -> float:
+    start = time.process_time()
+    a @ b
+    return time.process_time() - start
 
 
 def measure(names: list[str], steps: int, warmup: int = 2) -> str:
@@ -120,6 +132,7 @@ def measure(names: list[str], steps: int, warmup: int = 2) -> str:
     built = {name: MODELS[name][1]() for name in names}
     seconds: dict[tuple[str, bool], list[float]] = {(n, b): [] for n in names for b in (0, 1)}
     rates: dict[bool, list[float]] = {False: [], True: []}
+    sizes: dict[bool, int] = {}
     for round_ in range(warmup + steps):
         for name, step in built.items():
             for bf16 in (False, True):
@@ -128,8 +141,10 @@ def measure(names: list[str], steps: int, warmup: int = 2) -> str:
                 if round_ >= warmup:
                     seconds[name, bf16].append(time.process_time() - start)
         for bf16 in (False, True):
-            rates[bf16].append(matmul_rate(torch.bfloat16 if bf16 else torch.float32))
+            rate, sizes[bf16] = matmul_rate(torch.bfloat16 if bf16 else torch.float32)
+            rates[bf16].append(rate)
     peak = {bf16: statistics.median(r) for bf16, r in rates.items()}
+    features = cpu_bf16_features()  # without them bf16 has no peak to speak of
     rows = []
     for name, step in built.items():
         with FlopCounterMode(display=False) as counter:
@@ -144,7 +159,7 @@ def measure(names: list[str], steps: int, warmup: int = 2) -> str:
                 f"{1000 * fp32:,.0f}",
                 f"{flops / fp32 / peak[False]:.0%}",
                 f"{1000 * bf16:,.0f}",
-                f"{flops / bf16 / peak[True]:.0%}",
+                f"{flops / bf16 / peak[True]:.0%}" if features else "(emulated)",
                 f"{statistics.median(ratios):.2f}x",
             )
         )
@@ -157,10 +172,11 @@ def measure(names: list[str], steps: int, warmup: int = 2) -> str:
         "% of bf16 peak",
         "bf16 vs fp32",
     ]
+    native = f"native bf16: {', '.join(features)}" if features else "no native bf16 (emulated)"
     return (
-        f"One thread, CPU time, {steps} steps after {warmup}; matmul peaks: fp32 "
-        f"{peak[False] / 1e9:,.0f} GFLOP/s, bf16 {peak[True] / 1e9:,.0f} GFLOP/s.\n\n"
-        + markdown_table(header, rows)
+        f"One thread, CPU time, {steps} steps after {warmup}; {native}; matmul peaks: fp32 "
+        f"{peak[False] / 1e9:,.1f} GFLOP/s ({sizes[False]}²), "
+        f"bf16 {peak[True] / 1e9:,.1f} GFLOP/s ({sizes[True]}²).\n\n" + markdown_table(header, rows)
     )
 
 

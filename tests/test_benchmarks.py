@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tinycats.models import CatClassifier, DiTGenerator
-from tinycats.models.performance import auto_precision
+from tinycats.models.performance import auto_precision, cpu_bf16_features
 
 from helpers.dit import TINY_DIT, TINY_SIZE
 
@@ -130,6 +130,16 @@ def test_the_precision_part_times_both_precisions_of_each_model(monkeypatch) -> 
         report = measure(["dit-tiny"], steps=1, warmup=0)
     finally:
         torch.set_num_threads(threads)
-    header, row = first_table(report, "GFLOP/s.")
+    header, row = first_table(report, "GFLOP/s (")
     assert header[0] == "model" and row[0].startswith("DiT tiny")
     assert all(float(cell.rstrip("%x").replace(",", "")) > 0 for cell in row[1:])
+    native = cpu_bf16_features()
+    assert (f"native bf16: {', '.join(native)}" if native else "no native bf16") in report
+
+
+def test_the_precision_parts_matmuls_stop_growing_at_their_time_budget() -> None:
+    from benchmarks.precision import matmul_rate
+
+    assert matmul_rate(torch.float32, largest=512, budget_s=60)[1] == 512
+    assert matmul_rate(torch.float32, largest=2048, budget_s=0)[1] == 256
+    assert matmul_rate(torch.float32, largest=256)[0] > 0

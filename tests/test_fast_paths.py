@@ -74,6 +74,19 @@ def test_cpu_bf16_means_avx512_bf16_or_amx(capabilities, found, monkeypatch) -> 
     assert performance.cpu_bf16_features() == ()  # nothing to run bf16 kernels with
 
 
+@pytest.mark.parametrize("features", [(), ("avx512_bf16",)])
+def test_bf16_asked_for_on_a_cpu_that_emulates_it_is_kept_with_a_warning(
+    features, monkeypatch, caplog
+) -> None:
+    monkeypatch.setattr(performance, "cpu_bf16_features", lambda: features)
+    with caplog.at_level(logging.WARNING, logger="tinycats"):
+        for requested in ("bf16-mixed", "bf16-true", "32-true"):
+            assert choose_precision(requested, "cpu").precision == requested
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == (0 if features else 2)
+    assert all("emulated" in w and "Leave trainer.precision unset" in w for w in warned)
+
+
 def test_cpu_features_agree_with_proc_cpuinfo() -> None:
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.exists():

@@ -38,6 +38,13 @@ def choose_precision(
     property (ADR 0014); on GPUs with native bf16 it always pays.
     """
     if requested is not None:
+        if "bf16" in str(requested) and device_type == "cpu" and not cpu_bf16_features():
+            log.warning(
+                "trainer.precision=%s on a CPU without native bfloat16 (no AVX512-BF16 or "
+                "AMX-BF16): bf16 is emulated there, 5-25x slower than float32 "
+                "(plans/0014-cpu-bf16.md). Leave trainer.precision unset to train in float32.",
+                requested,
+            )
         return Precision(requested, "set by trainer.precision")
     if device_type == "cuda":
         name = torch.cuda.get_device_name()
