@@ -65,6 +65,7 @@ def test_rerunning_a_finished_run_trains_nothing(trained, pets_sample: Path) -> 
     assert (run / "last.ckpt").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow  # three more Trainer runs, ~30 s
 def test_validate_test_and_predict_use_the_checkpoint(trained, pets_sample: Path) -> None:
     tmp, run = trained
     chosen = auto_precision(None, model=CatClassifier()) or "32-true"
