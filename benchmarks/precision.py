@@ -111,7 +111,7 @@ def matmul_rate(
     """FLOP/s (CPU time) of the fastest of three n² matmuls, and n: the largest power of two up
     to ``largest`` whose matmul fits in ``budget_s``. A CPU without native bfloat16 emulates it
     some 50x slower than float32, where one 2048² matmul would take a minute."""
-    n, seconds = 256, 0.0
+    n = 256
     while True:
         a, b = (torch.randn(n, n, dtype=dtype) for _ in range(2))
         seconds = min(_cpu_seconds(a, b) for _ in range(3))
