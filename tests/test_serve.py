@@ -518,6 +518,7 @@ def test_modal_deploy_resolves_the_app_and_stops_only_at_the_missing_token(tmp_p
     )
     assert done.returncode != 0
     assert "Token missing" in done.stdout + done.stderr, (done.stdout + done.stderr)[-2000:]
+    assert "tinycats: Server costs at most 1 × L4 at $0.80/h" in done.stdout  # before the token
 
 
 # --- The benchmark's report section ----------------------------------------------------------

@@ -203,3 +203,12 @@ def test_the_command_takes_the_budget_as_options_and_logs_it(runs, monkeypatch, 
     client = TestClient(served[0])
     draw = {"breed": "Sphynx", "n": 1, "steps": 1}
     assert [client.get("/api/draw", params=draw).status_code for _ in range(2)] == [200, 429]
+
+
+def test_a_negative_budget_is_refused_with_the_option_named(runs, capsys):
+    from tinycats.cli import main
+
+    with pytest.raises(SystemExit) as refused:
+        main(["serve", "--runs_dir", str(runs), "--budget.draws_per_minute", "-3"])
+    assert refused.value.code == 2
+    assert "--budget.draws_per_minute -3 is negative: set 0 for no limit" in capsys.readouterr().err

@@ -276,14 +276,14 @@ def _model_classes() -> list[str]:
     return []
 
 
-# ## Serving on Modal: its settings, and what a deployment may cost
-
+# ## What a GPU costs (the one price table: the README's "Choose a GPU" shows the same figures)
+#
 # Modal's list prices in US dollars per GPU-hour, billed per second; CPU and memory are charged
-# on top. Read on 2026-11-29 from a transcription of modal.com/pricing dated 2026-07-01 (the
-# README's "Choose a GPU" table shows the same figures). `H100!` only forbids the upgrade to an
-# H200, at the H100's price. Prices change: check modal.com/pricing before relying on them.
+# on top. Read on 2026-11-29 from a transcription of modal.com/pricing dated 2026-07-01. `A100`
+# is priced as the 40 GB card it asks for; `H100!` only forbids the upgrade to an H200. Prices
+# change: check modal.com/pricing before relying on them.
+
 GPU_PRICES_READ_ON = "2026-11-29"
-MAX_SCALEDOWN_S = 60 * 60  # the longest warm window the Modal client accepts
 GPU_DOLLARS_PER_HOUR = {
     "T4": 0.59,
     "L4": 0.80,
@@ -304,6 +304,11 @@ def gpu_dollars_per_hour(gpu: str) -> float | None:
     kind, _, count = gpu.partition(":")
     price = GPU_DOLLARS_PER_HOUR.get(kind.upper())
     return None if price is None else price * int(count or 1)
+
+
+# ## Serving on Modal: its settings, and what a deployment may cost
+
+MAX_SCALEDOWN_S = 60 * 60  # the longest warm window the Modal client accepts
 
 
 def validate_serve_settings(

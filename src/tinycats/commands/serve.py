@@ -104,6 +104,7 @@ def main(argv: list[str]) -> None:
     from tinycats.commands.serve_api import build_app
 
     args = build_parser().parse_args(argv)
+    budget = Budget(**vars(args.budget))  # checked before the runs load
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -111,5 +112,4 @@ def main(argv: list[str]) -> None:
     log.info(
         "Loaded in %.1f s; open http://%s:%d", time.perf_counter() - started, args.host, args.port
     )
-    app = build_app(store, Budget(**vars(args.budget)))
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    uvicorn.run(build_app(store, budget), host=args.host, port=args.port, log_level="info")
