@@ -212,3 +212,39 @@ def test_a_negative_budget_is_refused_with_the_option_named(runs, capsys):
         main(["serve", "--runs_dir", str(runs), "--budget.draws_per_minute", "-3"])
     assert refused.value.code == 2
     assert "--budget.draws_per_minute -3 is negative: set 0 for no limit" in capsys.readouterr().err
+
+
+def test_over_http_each_client_address_has_its_own_budget(runs):
+    """Through uvicorn on the loopback, from two source addresses, as a deployment sees them."""
+    import socket
+    import threading
+    import time
+
+    import httpx
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = build_app(stub_store(runs), Budget(requests_per_minute=2))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+
+        def client(address: str) -> httpx.Client:
+            transport = httpx.HTTPTransport(local_address=address)
+            return httpx.Client(base_url=f"http://127.0.0.1:{port}", transport=transport)
+
+        with client("127.0.0.2") as first, client("127.0.0.3") as second:
+            answers = [first.get("/api/health") for _ in range(3)]
+            assert [a.status_code for a in answers] == [200, 200, 429]
+            assert answers[-1].json()["detail"].startswith("Too many requests from 127.0.0.2")
+            assert 1 <= int(answers[-1].headers["retry-after"]) <= 60
+            assert second.get("/api/health").status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

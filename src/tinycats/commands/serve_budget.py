@@ -12,6 +12,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tinycats.errors import TinyCatsError
+
 WINDOW_S = 60
 
 
@@ -26,6 +28,13 @@ class Budget:
 
     requests_per_minute: int = 0
     draws_per_minute: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("requests_per_minute", "draws_per_minute"):
+            if getattr(self, name) < 0:
+                raise TinyCatsError(
+                    f"--budget.{name} {getattr(self, name)} is negative: set 0 for no limit."
+                )
 
     def describe(self) -> str:
         """The budget in words, for the start-up log."""
