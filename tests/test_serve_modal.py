@@ -173,7 +173,6 @@ def test_the_readme_shows_the_price_table_and_the_default_deployments_worst_case
 @pytest.fixture
 def remote_with(monkeypatch, tmp_path):
     """remote.py imported with these TINYCATS_* settings, an empty folder as its outputs volume."""
-    imported = []
 
     def load(**env: str):
         for name in [k for k in os.environ if k.startswith("TINYCATS_")]:
@@ -186,7 +185,6 @@ def remote_with(monkeypatch, tmp_path):
         spec.loader.exec_module(module)
         outputs = str(tmp_path)
         module.STORAGE = module.Storage(outputs, outputs, lambda: None, lambda: None)
-        imported.append(module)
         return module
 
     return load
