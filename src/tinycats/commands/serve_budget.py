@@ -1,7 +1,7 @@
 """What one client may ask of a public ``tinycats serve`` a minute: requests, and drawings apart.
 
-A drawing runs the DiT for every step and every cat (seconds of GPU), a classification one
-forward pass, so each has its own limit. Clients are counted in fixed one-minute windows, shared
+A drawing runs the DiT at every step for every cat (twice with guidance), a classification
+one forward pass, so each has its own limit. Clients are counted in fixed one-minute windows, shared
 by all: at most twice a limit can pass around a window's turn, and the counts of a whole window
 are dropped at once, so the memory held is that of one minute's clients, however many come.
 """
