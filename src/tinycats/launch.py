@@ -274,3 +274,86 @@ def _model_classes() -> list[str]:
         ):
             return list(ast.literal_eval(node.value))
     return []
+
+
+# ## What a GPU costs (the one price table: the README's "Choose a GPU" shows the same figures)
+#
+# Modal's list prices in US dollars per GPU-hour, billed per second; CPU and memory are charged
+# on top. Read on 2026-11-29 from a transcription of modal.com/pricing dated 2026-07-01. `A100`
+# is priced as the 40 GB card it asks for; `H100!` only forbids the upgrade to an H200. Prices
+# change: check modal.com/pricing before relying on them.
+
+GPU_PRICES_READ_ON = "2026-11-29"
+GPU_DOLLARS_PER_HOUR = {
+    "T4": 0.59,
+    "L4": 0.80,
+    "A10": 1.10,
+    "L40S": 1.95,
+    "A100": 2.10,
+    "A100-40GB": 2.10,
+    "A100-80GB": 2.50,
+    "H100": 3.95,
+    "H100!": 3.95,
+    "H200": 4.54,
+    "B200": 6.25,
+}
+
+
+def gpu_dollars_per_hour(gpu: str) -> float | None:
+    """What ``gpu`` (``TYPE`` or ``TYPE:N``) costs an hour at list price; None if not in the table."""
+    kind, _, count = gpu.partition(":")
+    price = GPU_DOLLARS_PER_HOUR.get(kind.upper())
+    return None if price is None else price * int(count or 1)
+
+
+# ## Serving on Modal: its settings, and what a deployment may cost
+
+MAX_SCALEDOWN_S = 60 * 60  # the longest warm window the Modal client accepts
+
+
+def validate_serve_settings(
+    gpu: str, warm_s: int, max_containers: int, requests_per_minute: int, draws_per_minute: int
+) -> None:
+    """Raise LaunchError unless the TINYCATS_SERVE_* settings are valid on Modal."""
+    if gpu:
+        try:
+            validate_launch_settings(gpu, MAX_TIMEOUT_S, 0)
+        except LaunchError as err:
+            raise LaunchError(f"TINYCATS_SERVE_GPU={gpu!r}: {err}") from None
+    if not 2 <= warm_s <= MAX_SCALEDOWN_S:
+        raise LaunchError(
+            f"TINYCATS_SERVE_WARM_S={warm_s} is outside Modal's warm window of 2 to "
+            f"{MAX_SCALEDOWN_S} s: set seconds in that range, e.g. 300."
+        )
+    if max_containers < 1:
+        # Modal reads 0 as "no limit": the one value that must never get through.
+        raise LaunchError(
+            f"TINYCATS_SERVE_MAX_CONTAINERS={max_containers} would not bound the number of "
+            "serving containers: set a whole number of at least 1, e.g. 1."
+        )
+    for name, value in (
+        ("TINYCATS_SERVE_REQUESTS_PER_MIN", requests_per_minute),
+        ("TINYCATS_SERVE_DRAWS_PER_MIN", draws_per_minute),
+    ):
+        if value < 0:
+            raise LaunchError(f"{name}={value} is negative: set 0 for no limit, or a whole number.")
+
+
+def serving_cost(gpu: str, max_containers: int) -> str:
+    """The worst case a `Server` deployment costs an hour: every container up, at list price."""
+    if not gpu:
+        return (
+            f"at most {max_containers} CPU container(s) of Server while requests keep them warm "
+            "(no GPU; CPU and memory are billed by use)"
+        )
+    price = gpu_dollars_per_hour(gpu)
+    if price is None:
+        return (
+            f"at most {max_containers} × {gpu} while requests keep them warm (no price for "
+            f"{gpu} in tinycats' table: see modal.com/pricing)"
+        )
+    return (
+        f"at most {max_containers} × {gpu} at ${price:.2f}/h = ${max_containers * price:.2f} an "
+        f"hour while requests keep them warm (list price read {GPU_PRICES_READ_ON}; CPU and "
+        "memory extra)"
+    )

@@ -566,7 +566,9 @@ def sample(
 # cold start is cut by a memory snapshot: the imports and the CPU-side model loading run once,
 # at deploy time, in `@modal.enter(snap=True)`; a new container is restored from that memory and
 # only moves the models to its GPU. Web endpoints ask for Modal's proxy-auth headers (a workspace
-# token); TINYCATS_SERVE_PUBLIC=1 makes them public, deliberately.
+# token); TINYCATS_SERVE_PUBLIC=1 makes them public, deliberately, and then each client address
+# has a budget of requests and drawings a minute. However many requests come, at most
+# TINYCATS_SERVE_MAX_CONTAINERS GPUs are rented: `modal deploy` prints what that costs an hour.
 
 SERVE_GPU = os.environ.get("TINYCATS_SERVE_GPU", "L4").strip()  # empty: CPU only
 SERVE_WARM_S = launch.whole_number_from_env("TINYCATS_SERVE_WARM_S", 5 * 60)
@@ -574,28 +576,32 @@ SERVE_PUBLIC = os.environ.get("TINYCATS_SERVE_PUBLIC", "").strip() == "1"
 # Runs on the outputs volume (relative to it), or "newest" for the newest run of the model.
 SERVE_CLASSIFIER = os.environ.get("TINYCATS_SERVE_CLASSIFIER", "newest").strip()
 SERVE_GENERATOR = os.environ.get("TINYCATS_SERVE_GENERATOR", "newest").strip()
-MAX_SCALEDOWN_S = 60 * 60  # the longest warm window the Modal client accepts
-try:
-    launch.validate_launch_settings(SERVE_GPU or "T4", TIMEOUT_S, RETRIES)
-except LaunchError as err:
-    raise LaunchError(f"TINYCATS_SERVE_GPU={SERVE_GPU!r}: {err}") from None
-if not 2 <= SERVE_WARM_S <= MAX_SCALEDOWN_S:
-    raise LaunchError(
-        f"TINYCATS_SERVE_WARM_S={SERVE_WARM_S} is outside Modal's warm window of 2 to "
-        f"{MAX_SCALEDOWN_S} s: set seconds in that range, e.g. 300."
-    )
+# What the deployment may cost: at most this many Server containers at once (a burst of requests
+# queues rather than renting more GPUs), and in public mode, what one client may ask a minute.
+SERVE_MAX_CONTAINERS = launch.whole_number_from_env("TINYCATS_SERVE_MAX_CONTAINERS", 1)
+SERVE_REQUESTS_PER_MIN = launch.whole_number_from_env("TINYCATS_SERVE_REQUESTS_PER_MIN", 60)
+SERVE_DRAWS_PER_MIN = launch.whole_number_from_env("TINYCATS_SERVE_DRAWS_PER_MIN", 10)
+launch.validate_serve_settings(
+    SERVE_GPU, SERVE_WARM_S, SERVE_MAX_CONTAINERS, SERVE_REQUESTS_PER_MIN, SERVE_DRAWS_PER_MIN
+)
+if modal.is_local() and sys.argv[1:2] in (["deploy"], ["serve"]):  # the commands that start it
+    print(f"tinycats: Server costs {launch.serving_cost(SERVE_GPU, SERVE_MAX_CONTAINERS)}.")
 
 
 @app.cls(
     gpu=SERVE_GPU or None,
     volumes={STORAGE.outputs: outputs_volume},
     scaledown_window=SERVE_WARM_S,
+    max_containers=SERVE_MAX_CONTAINERS,
     enable_memory_snapshot=True,
     timeout=10 * 60,
     env={
         "TINYCATS_SERVE_GPU": SERVE_GPU,
         "TINYCATS_SERVE_WARM_S": str(SERVE_WARM_S),
         "TINYCATS_SERVE_PUBLIC": "1" if SERVE_PUBLIC else "",
+        "TINYCATS_SERVE_MAX_CONTAINERS": str(SERVE_MAX_CONTAINERS),
+        "TINYCATS_SERVE_REQUESTS_PER_MIN": str(SERVE_REQUESTS_PER_MIN),
+        "TINYCATS_SERVE_DRAWS_PER_MIN": str(SERVE_DRAWS_PER_MIN),
         "TINYCATS_SERVE_CLASSIFIER": SERVE_CLASSIFIER,
         "TINYCATS_SERVE_GENERATOR": SERVE_GENERATOR,
         "TINYCATS_OUTPUTS_VOLUME": OUTPUTS_VOLUME,
@@ -656,8 +662,11 @@ class Server:
     def web(self) -> Any:
         """The FastAPI app of `tinycats serve` over this container's loaded runs."""
         from tinycats.commands.serve_api import build_app
+        from tinycats.commands.serve_budget import Budget
 
-        return build_app(self.store)
+        if not SERVE_PUBLIC:  # behind proxy auth, only the workspace's tokens get in
+            return build_app(self.store)
+        return build_app(self.store, Budget(SERVE_REQUESTS_PER_MIN, SERVE_DRAWS_PER_MIN))
 
 
 def sampler() -> Any:
@@ -670,8 +679,10 @@ def sampler() -> Any:
     return deployed()
 
 
-@app.function(volumes={STORAGE.outputs: outputs_volume}, scaledown_window=SERVE_WARM_S)
-@modal.concurrent(max_inputs=100)
+@app.function(
+    volumes={STORAGE.outputs: outputs_volume}, scaledown_window=SERVE_WARM_S, max_containers=1
+)
+@modal.concurrent(max_inputs=100)  # one CPU container answers every viewer
 @modal.wsgi_app(requires_proxy_auth=not SERVE_PUBLIC)
 def tensorboard() -> Any:
     """TensorBoard over every run on the outputs volume (the events each run writes beside its

@@ -7,6 +7,7 @@ from pathlib import Path
 from jsonargparse import ArgumentParser
 
 from tinycats.commands.parsing import command_parser
+from tinycats.commands.serve_budget import Budget
 from tinycats.commands.serve_models import Limits, ModelStore
 from tinycats.errors import TinyCatsError
 
@@ -23,6 +24,7 @@ examples:
   tinycats serve --generator checkpoints/dit/2026-01-31/sample --classifier ''
   tinycats serve --host 0.0.0.0 --port 8080           reachable from other machines
   tinycats serve -c serve.yaml --port 8081            options from a file, later flags win
+  tinycats serve --host 0.0.0.0 --budget.draws_per_minute 10   a budget per client address
 """
 
 
@@ -59,6 +61,7 @@ def build_parser() -> ArgumentParser:
         "--threads", type=int, default=0, help="torch threads per request (0: torch's default)"
     )
     parser.add_class_arguments(Limits, "limits")
+    parser.add_class_arguments(Budget, "budget")
     return parser
 
 
@@ -101,6 +104,7 @@ def main(argv: list[str]) -> None:
     from tinycats.commands.serve_api import build_app
 
     args = build_parser().parse_args(argv)
+    budget = Budget(**vars(args.budget))  # checked before the runs load
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -108,4 +112,4 @@ def main(argv: list[str]) -> None:
     log.info(
         "Loaded in %.1f s; open http://%s:%d", time.perf_counter() - started, args.host, args.port
     )
-    uvicorn.run(build_app(store), host=args.host, port=args.port, log_level="info")
+    uvicorn.run(build_app(store, budget), host=args.host, port=args.port, log_level="info")

@@ -6,9 +6,11 @@
     POST /api/classify    photos as multipart ``file`` fields → a label and probabilities each
     GET  /api/draw        breed, n, steps, guidance, seed (, run) → a PNG grid
 
-Every refusal is a 4xx with ``{"detail": message}``; no request can stop the server.
+Every refusal is a 4xx with ``{"detail": message}``; no request can stop the server. A client
+over its budget (``serve_budget.py``) gets 429 with ``Retry-After``.
 """
 
+import logging
 from importlib.resources import files
 from typing import Annotated, Any
 
@@ -17,15 +19,18 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from tinycats.commands.serve_budget import NO_BUDGET, Budget, ClientBudgets
 from tinycats.commands.serve_models import BadRequest, ModelStore, classify, decode_photo, draw
+
+log = logging.getLogger(__name__)
 
 PAGE = "serve_page.html"
 # Multipart framing around a photo (boundaries, headers): allowed on top of the byte limit.
 MULTIPART_OVERHEAD = 64 * 1024
 
 
-def build_app(store: ModelStore) -> FastAPI:
-    """The app answering from the runs in ``store``."""
+def build_app(store: ModelStore, budget: Budget = NO_BUDGET) -> FastAPI:
+    """The app answering from the runs in ``store``, each client within ``budget``."""
     limits = store.limits
     app = FastAPI(title="tinycats", summary="Classify cat photos and draw cats with trained runs.")
     page = files("tinycats.commands").joinpath(PAGE).read_text()
@@ -53,6 +58,8 @@ def build_app(store: ModelStore) -> FastAPI:
                 status_code=413,
             )
         return await call_next(request)
+
+    _refuse_clients_over(budget, app)  # added last, so it runs first
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> str:
@@ -105,3 +112,27 @@ def build_app(store: ModelStore) -> FastAPI:
         )
 
     return app
+
+
+def _refuse_clients_over(budget: Budget, app: FastAPI) -> None:
+    """Answer 429 with ``Retry-After`` to a client over ``budget``, before anything else runs.
+
+    The client is the connection's address. On Modal that is the address Modal's proxy saw,
+    which it puts in the ASGI scope (an X-Forwarded-For the client sent is not passed on), so a
+    client cannot choose its address by sending a header.
+    """
+    log.info("Per-client budget: %s", budget.describe())
+    budgets = ClientBudgets(budget)
+
+    @app.middleware("http")
+    async def within_budget(request: Request, call_next):
+        client = request.client.host if request.client else "unknown"
+        # Counted on the event loop's one thread: no lock needed.
+        refusal = budgets.charge(client, drawing=request.url.path == "/api/draw")
+        if refusal:
+            return JSONResponse(
+                {"detail": refusal.message},
+                status_code=429,
+                headers={"Retry-After": str(refusal.retry_after_s)},
+            )
+        return await call_next(request)
