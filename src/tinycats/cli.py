@@ -26,6 +26,8 @@ from tinycats.errors import (
     TransientError,
 )
 from tinycats.models.performance import allow_tf32, choose_precision, default_device_type
+from tinycats.runs import ledger
+from tinycats.runs.attempt_clock import AttemptClock
 from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints, no_commit
 from tinycats.runs.deadline import AttemptDeadline
 from tinycats.runs.resume import newest_run, resolve_extension, resolve_resume
@@ -42,6 +44,7 @@ Train and use the tinycats models from one YAML config:
   tinycats evaluate --help                        FID/KID per breed, guidance sweep, memorisation
   tinycats export --help                          ONNX (and int8) for the classifier and the DiT
   tinycats serve --help                           a web page and JSON API over trained runs
+  tinycats runs                                   the runs in outputs/: progress, goodput, cost
 """
 
 # Commands beside LightningCLI's: name → module with ``main(argv)``.
@@ -52,6 +55,7 @@ TOOLS = {
     "evaluate-generator": "tinycats.commands.evaluate",  # the earlier name, still accepted
     "export": "tinycats.commands.export",
     "serve": "tinycats.commands.serve",
+    "runs": "tinycats.commands.runs",
 }
 
 EXIT_FAILED = 1  # a failure that may not happen again (the network): run the command again
@@ -142,7 +146,7 @@ class TinyCatsCLI(LightningCLI):
         extra = {"predict": [PrintPredictions()], "fit": [LearningRateMonitor()]}
         self.deadline = AttemptDeadline(config.get("stop_at") or float("inf"))
         if self.subcommand == "fit":
-            extra["fit"].append(self.deadline)
+            extra["fit"] += [self.deadline, AttemptClock(self.run.path)]
         allow_tf32(config.tf32)
         device_type = _device_type(config.trainer.accelerator)
         precision = choose_precision(config.trainer.precision, device_type, self.model)
@@ -221,6 +225,7 @@ class TinyCatsCLI(LightningCLI):
                 "status": "continue",
                 "run_dir": str(self.run.path),
                 "global_step": self.trainer.global_step,
+                "ledger": ledger.read_ledger(self.run.path).summary(),
             }
             return
         self.summary = self._finish()
@@ -238,6 +243,7 @@ class TinyCatsCLI(LightningCLI):
             "last_checkpoint": str(self.run.path / "last.ckpt"),
             "best_checkpoint": best,
             "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "ledger": ledger.read_ledger(self.run.path).summary(),
         }
         if self.trainer.is_global_zero:
             self.run.write_summary(summary)

@@ -1,0 +1,110 @@
+"""The ledger: paid time, lost work and goodput per run, and the ``tinycats runs`` table."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tinycats.commands.runs import run_row
+from tinycats.runs import ledger
+from tinycats.runs.run_dir import RunDir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def attempt(started, paid, resumed_from, reached, training_s, ended=True, **kw):
+    end = started + paid
+    return ledger.Attempt(
+        started=started,
+        updated=end,
+        ended=end if ended else None,
+        resumed_from=resumed_from,
+        reached=reached,
+        training_s=training_s,
+        **kw,
+    )
+
+
+def test_an_attempt_killed_without_a_word_is_paid_and_its_unsaved_steps_are_lost():
+    book = ledger.Ledger(
+        [
+            attempt(0, 100, 0, 50, training_s=80, ended=False),  # killed at step 50
+            attempt(200, 60, 40, 80, training_s=40, outcome="finished"),  # resumed from 40
+        ]
+    )
+    assert book.outcomes() == ["killed", "finished"]
+    assert book.lost_steps() == [10, 0]
+    assert book.paid_s == 160
+    # 10 of the first attempt's 50 steps (1.6 s each) were trained again: 16 s not productive.
+    assert book.productive_s == pytest.approx(80 - 16 + 40)
+    assert book.goodput == pytest.approx(104 / 160)
+    assert book.summary()["lost_s"] == pytest.approx(16.0)
+
+
+def test_cost_adds_each_attempts_paid_hours_at_its_own_price():
+    book = ledger.Ledger(
+        [
+            attempt(0, 3600, 0, 10, 3000, usd_per_hour=0.8),
+            attempt(4000, 1800, 10, 20, 1500, usd_per_hour=4.0),
+        ]
+    )
+    assert book.cost_usd == pytest.approx(0.8 + 2.0)
+    assert ledger.Ledger([attempt(0, 10, 0, 1, 5)]).cost_usd is None  # local: no price
+
+
+def test_records_survive_a_round_trip_and_a_torn_record_is_skipped(tmp_path):
+    first = attempt(1.5, 10, 0, 4, 8, gpu="L4", usd_per_hour=0.8)
+    ledger.write_attempt(tmp_path, first)
+    (tmp_path / ledger.FOLDER / "0000000000.000000.json").write_text('{"started": 0.0, "upd')
+    assert ledger.read_ledger(tmp_path).attempts == [first]
+
+
+@pytest.mark.parametrize(
+    ("newest", "finished", "state"),
+    [
+        (dict(ended=False), False, "training"),
+        (dict(ended=False, stale=True), False, "waiting for a retry"),
+        (dict(outcome="interrupted"), False, "waiting for a retry"),
+        (dict(outcome="refused"), False, "refused"),
+        (dict(outcome="continue"), False, "continuing"),
+        (dict(outcome="finished"), True, "finished"),
+    ],
+)
+def test_the_state_a_run_is_in(tmp_path, newest, finished, state):
+    stale = newest.pop("stale", False)
+    now = time.time() - (ledger.STALE_S + 1 if stale else 0)
+    run = tmp_path / "checkpoints/classifier/2026-01-01/a"
+    ledger.write_attempt(run, attempt(now - 50, 40, 0, 8, 30, **newest))
+    if finished:
+        RunDir(run).write_summary({"global_step": 8})
+    row = run_row(RunDir(run), tmp_path)
+    assert row["state"] == state
+    assert row["run"] == "classifier/2026-01-01/a"
+
+
+@pytest.mark.slow
+def test_a_run_killed_and_resumed_accounts_for_both_attempts(tmp_path):
+    """The real CLI: SIGKILL after a checkpoint, then a rerun; the ledger holds both attempts."""
+    args = [sys.executable, "-m", "tinycats", "fit", "-c", "tests/configs/classifier_tiny.yaml"]
+    args += [f"--run.outputs={tmp_path}", "--trainer.max_steps=16", "--run.name=kill"]
+    run = tmp_path / "checkpoints/classifier"
+    first = subprocess.Popen(args, cwd=REPO, start_new_session=True)
+    while not list(run.glob("*/kill/step=00000006.ckpt")):
+        assert first.poll() is None, "the run ended before its third checkpoint"
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    subprocess.run(args, cwd=REPO, check=True, capture_output=True)
+    run_dir = next(run.glob("*/kill"))
+    book = ledger.read_ledger(run_dir)
+    assert book.outcomes() == ["killed", "finished"]
+    assert book.attempts[1].resumed_from >= 6
+    killed, resumed = book.attempts
+    assert book.lost_steps()[0] == max(0, killed.reached - resumed.resumed_from)
+    assert killed.paid_s > 0 and killed.training_s > 0
+    assert 0 < book.goodput < 1
+    assert RunDir(run_dir).summary()["ledger"]["attempts"] == 2
