@@ -128,9 +128,7 @@ class Ledger:
             "productive_s": round(self.productive_s, 1),
             "goodput": None if self.goodput is None else round(self.goodput, 4),
             "lost_steps": sum(lost),
-            "lost_s": round(
-                sum(n * a.step_s for a, n in zip(self.attempts, lost, strict=True)), 1
-            ),
+            "lost_s": round(sum(n * a.step_s for a, n in zip(self.attempts, lost, strict=True)), 1),
             "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 4),
         }
 
@@ -171,7 +169,7 @@ def state_of(ledger: Ledger, finished: bool, now: float | None = None) -> str:
 
 def format_duration(seconds: float) -> str:
     """``1 h 02 min``, ``3 min 05 s`` or ``42 s``."""
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     if seconds >= 3600:
         return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
     if seconds >= 60:
