@@ -3,22 +3,26 @@ the time (and on Modal the money) the run still needs.
 
 Each moment between two hooks is put in one bucket: start-up before the first step, training
 inside steps, validation, waiting for checkpoint saves (the checkpoint writer's own count), and
-the rest between steps (sample grids, logging). Rank 0 rewrites the attempt's record in the
-run's ledger at least every ``ledger.HEARTBEAT_S`` seconds, so an attempt killed without a word
-has paid up to its last record (plans/0018-ledger.md).
+the rest between steps (sample grids, logging). On rank 0 a heartbeat thread rewrites the
+attempt's record every ``ledger.HEARTBEAT_S`` seconds, through data preparation, validation and
+saves too, so an attempt killed without a word has paid up to its last heartbeat
+(plans/0018-ledger.md).
 """
 
 import atexit
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from tinycats.errors import TinyCatsError
 from tinycats.runs import ledger
 from tinycats.runs.deadline import AttemptDeadline
 
@@ -42,39 +46,42 @@ class AttemptClock(L.Callback):
         self.estimate_every_s = estimate_every_s
         self._mark = self.record.started  # the moment up to which every second is accounted
         self._stall_seen = 0.0
-        self._training = False
-        self._written = self._estimated = 0.0
+        self._estimated = 0.0
+        self._stepped = False
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        if rank_zero_only.rank == 0:  # set from the environment before any trainer exists
+            threading.Thread(target=self._beat, name="ledger-heartbeat", daemon=True).start()
 
     # ## The buckets
 
     def _spend(self, trainer: L.Trainer, bucket: str) -> None:
-        now = time.time()
-        elapsed, self._mark = now - self._mark, now
-        stall = _stall_s(trainer) - self._stall_seen
-        self._stall_seen += stall
-        self.record.checkpoint_stall_s += stall
-        if bucket != "training_s":
-            elapsed -= stall  # the saves happened in this gap, not in a step
-        if not self._training:
-            bucket = "startup_s"
-        setattr(self.record, bucket, getattr(self.record, bucket) + max(0.0, elapsed))
-        self.record.updated = now
+        with self._lock:
+            now = time.time()
+            elapsed, self._mark = now - self._mark, now
+            stall = _stall_s(trainer) - self._stall_seen
+            self._stall_seen += stall
+            self.record.checkpoint_stall_s += stall
+            if bucket != "training_s":
+                elapsed -= stall  # the saves happened in this gap, not in a step
+            if not self._stepped and bucket != "training_s":
+                bucket = "startup_s"  # everything before the first step
+            setattr(self.record, bucket, getattr(self.record, bucket) + max(0.0, elapsed))
+            self.record.updated = now
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.record.resumed_from = self.record.reached = trainer.global_step
-        total = trainer.estimated_stepping_batches  # safe here: the loader is set up and restored
-        self.record.total_steps = int(total) if total != float("inf") else None
-        self._write(trainer)
+        with self._lock:
+            self.record.resumed_from = self.record.reached = trainer.global_step
+            total = trainer.estimated_stepping_batches  # safe now: the loader is set up, restored
+            self.record.total_steps = int(total) if total != float("inf") else None
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
         self._spend(trainer, "between_steps_s")
-        self._training = True
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         self._spend(trainer, "training_s")
+        self._stepped = True
         self.record.reached = trainer.global_step
-        if time.time() - self._written >= ledger.HEARTBEAT_S:
-            self._write(trainer)
         self._maybe_estimate(trainer)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -95,30 +102,41 @@ class AttemptClock(L.Callback):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        self._end(trainer, "interrupted" if isinstance(exception, SIGTERMException) else "failed")
+        self._end(trainer, _outcome_of(exception))
+
+    # ## The record
 
     def _end(self, trainer: L.Trainer, outcome: str) -> None:
         if self.record.ended is not None:
             return
         self._spend(trainer, "between_steps_s")
+        self._stopped.set()
         self.record.ended, self.record.outcome = self.record.updated, outcome
-        self._write(trainer)
-        if trainer.is_global_zero:
+        if rank_zero_only.rank == 0:
+            self._write()
             atexit.register(self._paid_until_exit)
             figures = ledger.read_ledger(self.run_dir).summary()
             _log_scalars(trainer, figures)
             log.info("This run so far: %s.", ledger.describe(figures))
 
+    def _beat(self) -> None:
+        while True:
+            self._write(now=True)
+            if self._stopped.wait(ledger.HEARTBEAT_S):
+                return
+
+    def _write(self, now: bool = False) -> None:
+        with self._lock:
+            if now and self.record.ended is None:
+                self.record.updated = time.time()
+            ledger.write_attempt(self.run_dir, self.record)
+
     def _paid_until_exit(self) -> None:
         """The attempt is paid until its process exits (summary, teardown), not its last step."""
         if (self.run_dir / ledger.FOLDER).is_dir():  # not removed since (a test's temporary run)
-            self.record.ended = self.record.updated = time.time()
-            ledger.write_attempt(self.run_dir, self.record)
-
-    def _write(self, trainer: L.Trainer) -> None:
-        self._written = time.time()
-        if trainer.is_global_zero:
-            ledger.write_attempt(self.run_dir, self.record)
+            with self._lock:
+                self.record.ended = self.record.updated = time.time()
+            self._write()
 
     # ## The estimate
 
@@ -151,6 +169,12 @@ def process_started() -> float:
         return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
     except (OSError, ValueError, IndexError, AttributeError):
         return time.time()
+
+
+def _outcome_of(exception: BaseException) -> str:
+    if isinstance(exception, SIGTERMException | KeyboardInterrupt):
+        return "interrupted"
+    return "refused" if isinstance(exception, TinyCatsError) else "failed"
 
 
 def _stall_s(trainer: L.Trainer) -> float:

@@ -13,6 +13,7 @@ Productive training time is training time less the time of steps that were train
 This module is plain Python (no torch): the Modal launch side and ``tinycats runs`` read it.
 """
 
+import itertools
 import json
 import time
 from collections.abc import Iterable
@@ -48,8 +49,8 @@ class Attempt:
     validation_s: float = 0.0
     between_steps_s: float = 0.0  # sample grids, logging: between steps, outside the rest
     checkpoint_stall_s: float = 0.0  # the training thread waiting for checkpoint saves
-    resumed_from: int = 0  # global step at start
-    reached: int = 0  # global step last trained
+    resumed_from: int | None = None  # global step training started at (None: never got there)
+    reached: int | None = None  # global step last trained
     total_steps: int | None = None  # the run's planned steps, when known
 
     @property
@@ -58,7 +59,7 @@ class Attempt:
 
     @property
     def steps(self) -> int:
-        return self.reached - self.resumed_from
+        return 0 if self.resumed_from is None else self.reached - self.resumed_from
 
     @property
     def step_s(self) -> float:
@@ -97,10 +98,11 @@ class Ledger:
 
     def lost_steps(self) -> list[int]:
         """Per attempt, the steps it trained that the next attempt trained again."""
-        after = [*self.attempts[1:], None]
+        trained = [a for a in self.attempts if a.resumed_from is not None]
+        next_start = {id(a): b.resumed_from for a, b in itertools.pairwise(trained)}
         return [
-            max(0, attempt.reached - following.resumed_from) if following else 0
-            for attempt, following in zip(self.attempts, after, strict=True)
+            max(0, attempt.reached - next_start[id(attempt)]) if id(attempt) in next_start else 0
+            for attempt in self.attempts
         ]
 
     @property
