@@ -37,12 +37,21 @@ def test_an_attempt_killed_without_a_word_is_paid_and_its_unsaved_steps_are_lost
         ]
     )
     assert book.outcomes() == ["killed", "finished"]
-    assert book.lost_steps() == [10, 0]
+    assert [steps for steps, _ in book.lost()] == [10, 0]
     assert book.paid_s == 160
     # 10 of the first attempt's 50 steps (1.6 s each) were trained again: 16 s not productive.
     assert book.productive_s == pytest.approx(80 - 16 + 40)
     assert book.goodput == pytest.approx(104 / 160)
     assert book.summary()["lost_s"] == pytest.approx(16.0)
+
+
+def test_redone_steps_cost_their_own_measured_time_not_the_mean():
+    # 40 steps of 1 s, then 10 slow ones of 3 s: the 10 redone steps lost 30 s, not 10 x 1.4 s.
+    cumulative = [float(s) for s in range(1, 41)] + [40.0 + 3 * s for s in range(1, 11)]
+    killed = attempt(0, 80, 0, 50, training_s=70, ended=False, recent_training_s=cumulative)
+    book = ledger.Ledger([killed, attempt(100, 10, 40, 41, training_s=1)])
+    assert book.lost() == [(10, pytest.approx(30.0)), (0, 0.0)]
+    assert book.productive_s == pytest.approx(70 - 30 + 1)
 
 
 def test_cost_adds_each_attempts_paid_hours_at_its_own_price():
@@ -104,7 +113,7 @@ def test_a_run_killed_and_resumed_accounts_for_both_attempts(tmp_path):
     assert book.outcomes() == ["killed", "finished"]
     assert book.attempts[1].resumed_from >= 6
     killed, resumed = book.attempts
-    assert book.lost_steps()[0] == max(0, killed.reached - resumed.resumed_from)
+    assert book.lost()[0][0] == max(0, killed.reached - resumed.resumed_from)
     assert killed.paid_s > 0 and killed.training_s > 0
     assert 0 < book.goodput < 1
     assert RunDir(run_dir).summary()["ledger"]["attempts"] == 2

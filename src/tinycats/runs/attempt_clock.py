@@ -81,7 +81,12 @@ class AttemptClock(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         self._spend(trainer, "training_s")
         self._stepped = True
-        self.record.reached = trainer.global_step
+        with self._lock:
+            if trainer.global_step != self.record.reached:  # an optimizer step, not accumulation
+                self.record.reached = trainer.global_step
+                tracked = self.record.recent_training_s
+                tracked.append(round(self.record.training_s, 3))
+                del tracked[: -ledger.TRACKED_STEPS]
         self._maybe_estimate(trainer)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 from tinycats.atomic import write_atomically
 
 FOLDER = "ledger"
+TRACKED_STEPS = 4096
 HEARTBEAT_S = 1.0  # an attempt rewrites its record (a few hundred bytes) this often while training
 STALE_S = 120.0  # a newer record than this says the attempt is alive (volumes commit every few s)
 
@@ -52,6 +53,9 @@ class Attempt:
     resumed_from: int | None = None  # global step training started at (None: never got there)
     reached: int | None = None  # global step last trained
     total_steps: int | None = None  # the run's planned steps, when known
+    # Training seconds of this attempt up to each of its newest steps (at most TRACKED_STEPS),
+    # so the time of steps redone after a kill is known exactly, not as a mean.
+    recent_training_s: list[float] = field(default_factory=list)
 
     @property
     def paid_s(self) -> float:
@@ -65,6 +69,17 @@ class Attempt:
     def step_s(self) -> float:
         """Mean seconds of one training step in this attempt."""
         return self.training_s / self.steps if self.steps > 0 else 0.0
+
+    def training_s_after(self, step: int) -> float:
+        """Training seconds this attempt spent on the steps after global step ``step``."""
+        if self.resumed_from is None or step >= self.reached:
+            return 0.0
+        if step <= self.resumed_from:
+            return self.training_s
+        index = step - (self.reached - len(self.recent_training_s)) - 1
+        if index < 0:  # older than the tracked steps: at the attempt's mean step time
+            return (self.reached - step) * self.step_s
+        return self.training_s - self.recent_training_s[index]
 
     @property
     def cost_usd(self) -> float | None:
@@ -96,21 +111,20 @@ class Ledger:
             for i, attempt in enumerate(self.attempts)
         ]
 
-    def lost_steps(self) -> list[int]:
-        """Per attempt, the steps it trained that the next attempt trained again."""
+    def lost(self) -> list[tuple[int, float]]:
+        """Per attempt, the steps it trained that the next attempt trained again, and their seconds."""
         trained = [a for a in self.attempts if a.resumed_from is not None]
         next_start = {id(a): b.resumed_from for a, b in itertools.pairwise(trained)}
         return [
-            max(0, attempt.reached - next_start[id(attempt)]) if id(attempt) in next_start else 0
-            for attempt in self.attempts
+            (max(0, a.reached - next_start[id(a)]), a.training_s_after(next_start[id(a)]))
+            if id(a) in next_start
+            else (0, 0.0)
+            for a in self.attempts
         ]
 
     @property
     def productive_s(self) -> float:
-        return sum(
-            attempt.training_s - lost * attempt.step_s
-            for attempt, lost in zip(self.attempts, self.lost_steps(), strict=True)
-        )
+        return sum(a.training_s for a in self.attempts) - sum(s for _, s in self.lost())
 
     @property
     def goodput(self) -> float | None:
@@ -123,14 +137,14 @@ class Ledger:
 
     def summary(self) -> dict[str, Any]:
         """The figures a run's summary, its end message and ``tinycats runs`` show."""
-        lost = self.lost_steps()
+        lost = self.lost()
         return {
             "attempts": len(self.attempts),
             "paid_s": round(self.paid_s, 1),
             "productive_s": round(self.productive_s, 1),
             "goodput": None if self.goodput is None else round(self.goodput, 4),
-            "lost_steps": sum(lost),
-            "lost_s": round(sum(n * a.step_s for a, n in zip(self.attempts, lost, strict=True)), 1),
+            "lost_steps": sum(steps for steps, _ in lost),
+            "lost_s": round(sum(seconds for _, seconds in lost), 1),
             "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 4),
         }
 
