@@ -55,7 +55,12 @@ def train_with_kills(root: Path, mean_s: float, kill: signal.Signals, seed: int)
     while True:
         launched = time.time()
         attempt = subprocess.Popen(
-            command, cwd=REPO, env=env, start_new_session=True, stderr=subprocess.DEVNULL
+            command,
+            cwd=REPO,
+            env=env,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             status = attempt.wait(timeout=draw.expovariate(1 / mean_s))

@@ -126,18 +126,28 @@ class TinyCatsCLI(LightningCLI):
             if newest is not None:
                 spec.date, spec.name = newest.parent.name, newest.name
         self.run = resolve_run_dir(spec, self.model_group)  # an empty date is today: fixed now
+        if self.subcommand == "fit":  # the ledger's record starts as soon as the run is known
+            self.clock = AttemptClock(self.run.path)
 
     def instantiate_classes(self) -> None:
         """Build data, model and trainer; an error doing so is the config's, unless it is I/O."""
         try:
             super().instantiate_classes()
-        except (TinyCatsError, OSError):
+        except OSError:
+            raise
+        except TinyCatsError:
+            self._refused()
             raise
         except Exception as err:
+            self._refused()
             raise TinyCatsError(
                 f"The config could not be built into data, a model and a trainer: "
                 f"{type(err).__name__}: {err}. Fix the value it names in the config or overrides."
             ) from err
+
+    def _refused(self) -> None:
+        if self.subcommand == "fit":
+            self.clock.close("refused")
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         self.datamodule.commit = self.commit_data
@@ -146,7 +156,7 @@ class TinyCatsCLI(LightningCLI):
         extra = {"predict": [PrintPredictions()], "fit": [LearningRateMonitor()]}
         self.deadline = AttemptDeadline(config.get("stop_at") or float("inf"))
         if self.subcommand == "fit":
-            extra["fit"] += [self.deadline, AttemptClock(self.run.path)]
+            extra["fit"] += [self.deadline, self.clock]
         allow_tf32(config.tf32)
         device_type = _device_type(config.trainer.accelerator)
         precision = choose_precision(config.trainer.precision, device_type, self.model)
@@ -188,6 +198,7 @@ class TinyCatsCLI(LightningCLI):
                     _format_metrics(finished["metrics"]),
                 )
                 self.summary = finished
+                self.clock.close("finished")
                 return
             kwargs["ckpt_path"] = resolve_extension(self.run.path, model)
             log.info(

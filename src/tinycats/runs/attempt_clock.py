@@ -112,17 +112,22 @@ class AttemptClock(L.Callback):
     # ## The record
 
     def _end(self, trainer: L.Trainer, outcome: str) -> None:
-        if self.record.ended is not None:
-            return
-        self._spend(trainer, "between_steps_s")
+        if self.record.ended is None:
+            self._spend(trainer, "between_steps_s")
+            self.close(outcome)
+            if rank_zero_only.rank == 0:
+                figures = ledger.read_ledger(self.run_dir).summary()
+                _log_scalars(trainer, figures)
+                log.info("This run so far: %s.", ledger.describe(figures))
+
+    def close(self, outcome: str) -> None:
+        """End the record with ``outcome``; the attempt stays paid until its process exits."""
         self._stopped.set()
-        self.record.ended, self.record.outcome = self.record.updated, outcome
+        with self._lock:
+            self.record.ended, self.record.outcome = time.time(), outcome
         if rank_zero_only.rank == 0:
             self._write()
             atexit.register(self._paid_until_exit)
-            figures = ledger.read_ledger(self.run_dir).summary()
-            _log_scalars(trainer, figures)
-            log.info("This run so far: %s.", ledger.describe(figures))
 
     def _beat(self) -> None:
         while True:
@@ -184,7 +189,7 @@ def _outcome_of(exception: BaseException) -> str:
 
 def _stall_s(trainer: L.Trainer) -> float:
     """Seconds the training thread has waited for checkpoint saves, as the writer counts them."""
-    return float(getattr(trainer.strategy.checkpoint_io, "stall_s", 0.0))
+    return float(getattr(trainer.strategy.checkpoint_io, "stall_seconds", 0.0))
 
 
 def _log_scalars(trainer: L.Trainer, figures: dict[str, Any]) -> None:
