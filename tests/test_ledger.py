@@ -1,17 +1,22 @@
 """The ledger: paid time, lost work and goodput per run, and the ``tinycats runs`` table."""
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from tinycats.cli import run_cli
 from tinycats.commands.runs import run_row
+from tinycats.errors import TinyCatsError
 from tinycats.runs import ledger
-from tinycats.runs.run_dir import RunDir
+from tinycats.runs.attempt_clock import AttemptClock
+from tinycats.runs.run_dir import RunDir, all_runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,3 +122,35 @@ def test_a_run_killed_and_resumed_accounts_for_both_attempts(tmp_path):
     assert killed.paid_s > 0 and killed.training_s > 0
     assert 0 < book.goodput < 1
     assert RunDir(run_dir).summary()["ledger"]["attempts"] == 2
+
+
+def test_the_estimate_says_the_time_left_and_the_whole_runs_cost(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv(ledger.PRICE_ENV, "3.6")  # a dollar per 1,000 s
+    started = time.time() - 110
+    monkeypatch.setenv(ledger.STARTED_ENV, str(started))
+    clock = AttemptClock(tmp_path, estimate_every_s=0)
+    clock.close("finished")  # stops the heartbeat: the test sets the record
+    clock.record = attempt(started, 110, 0, 20, 50, total_steps=120, startup_s=10, usd_per_hour=3.6)
+    trainer = SimpleNamespace(is_global_zero=True)
+    with caplog.at_level(logging.INFO, logger="tinycats"):
+        clock._maybe_estimate(trainer)
+    # 100 s for 20 steps after start-up: 100 steps left take 500 s; 110 + 500 s at $3.6/h.
+    assert "Step 20 of 120" in caplog.text
+    assert "about 8 min 20 s left" in caplog.text
+    assert "the whole run ≈ $0.61" in caplog.text
+
+
+def test_a_config_refused_at_start_closes_its_attempt_as_refused(tmp_path):
+    with pytest.raises(TinyCatsError):
+        run_cli(
+            [
+                "fit",
+                "-c",
+                str(REPO / "tests/configs/classifier_tiny.yaml"),
+                f"--run.outputs={tmp_path}",
+                "--model.init_args.backbone=resnet_unknown",
+            ]
+        )
+    (run,) = all_runs(tmp_path)
+    assert ledger.read_ledger(run.path).outcomes() == ["refused"]
+    assert run_row(run, tmp_path)["state"] == "refused"
