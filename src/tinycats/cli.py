@@ -26,6 +26,8 @@ from tinycats.errors import (
     TransientError,
 )
 from tinycats.models.performance import allow_tf32, choose_precision, default_device_type
+from tinycats.runs import ledger
+from tinycats.runs.attempt_clock import AttemptClock
 from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints, no_commit
 from tinycats.runs.deadline import AttemptDeadline
 from tinycats.runs.resume import newest_run, resolve_extension, resolve_resume
@@ -42,6 +44,7 @@ Train and use the tinycats models from one YAML config:
   tinycats evaluate --help                        FID/KID per breed, guidance sweep, memorisation
   tinycats export --help                          ONNX (and int8) for the classifier and the DiT
   tinycats serve --help                           a web page and JSON API over trained runs
+  tinycats runs                                   the runs in outputs/: progress, goodput, cost
 """
 
 # Commands beside LightningCLI's: name → module with ``main(argv)``.
@@ -52,6 +55,7 @@ TOOLS = {
     "evaluate-generator": "tinycats.commands.evaluate",  # the earlier name, still accepted
     "export": "tinycats.commands.export",
     "serve": "tinycats.commands.serve",
+    "runs": "tinycats.commands.runs",
 }
 
 EXIT_FAILED = 1  # a failure that may not happen again (the network): run the command again
@@ -122,18 +126,28 @@ class TinyCatsCLI(LightningCLI):
             if newest is not None:
                 spec.date, spec.name = newest.parent.name, newest.name
         self.run = resolve_run_dir(spec, self.model_group)  # an empty date is today: fixed now
+        if self.subcommand == "fit":  # the ledger's record starts as soon as the run is known
+            self.clock = AttemptClock(self.run.path)
 
     def instantiate_classes(self) -> None:
         """Build data, model and trainer; an error doing so is the config's, unless it is I/O."""
         try:
             super().instantiate_classes()
-        except (TinyCatsError, OSError):
+        except OSError:
+            raise
+        except TinyCatsError:
+            self._refused()
             raise
         except Exception as err:
+            self._refused()
             raise TinyCatsError(
                 f"The config could not be built into data, a model and a trainer: "
                 f"{type(err).__name__}: {err}. Fix the value it names in the config or overrides."
             ) from err
+
+    def _refused(self) -> None:
+        if self.subcommand == "fit":
+            self.clock.close("refused")
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         self.datamodule.commit = self.commit_data
@@ -142,7 +156,7 @@ class TinyCatsCLI(LightningCLI):
         extra = {"predict": [PrintPredictions()], "fit": [LearningRateMonitor()]}
         self.deadline = AttemptDeadline(config.get("stop_at") or float("inf"))
         if self.subcommand == "fit":
-            extra["fit"].append(self.deadline)
+            extra["fit"] += [self.deadline, self.clock]
         allow_tf32(config.tf32)
         device_type = _device_type(config.trainer.accelerator)
         precision = choose_precision(config.trainer.precision, device_type, self.model)
@@ -184,6 +198,7 @@ class TinyCatsCLI(LightningCLI):
                     _format_metrics(finished["metrics"]),
                 )
                 self.summary = finished
+                self.clock.close("finished")
                 return
             kwargs["ckpt_path"] = resolve_extension(self.run.path, model)
             log.info(
@@ -221,6 +236,7 @@ class TinyCatsCLI(LightningCLI):
                 "status": "continue",
                 "run_dir": str(self.run.path),
                 "global_step": self.trainer.global_step,
+                "ledger": ledger.read_ledger(self.run.path).summary(),
             }
             return
         self.summary = self._finish()
@@ -238,6 +254,7 @@ class TinyCatsCLI(LightningCLI):
             "last_checkpoint": str(self.run.path / "last.ckpt"),
             "best_checkpoint": best,
             "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "ledger": ledger.read_ledger(self.run.path).summary(),
         }
         if self.trainer.is_global_zero:
             self.run.write_summary(summary)

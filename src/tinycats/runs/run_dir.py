@@ -106,3 +106,9 @@ def model_group(class_path: str) -> str:
     """The folder name of a model's runs: its class's ``run_group`` (classifier, dit)."""
     found = model_class(class_path)
     return getattr(found, "run_group", found.__name__.lower())
+
+
+def all_runs(outputs: Path) -> list[RunDir]:
+    """Every run under an outputs folder (``checkpoints/<model>/<date>/<name>``), oldest date first."""
+    found = (Path(outputs) / "checkpoints").glob("*/*/*")
+    return [RunDir(p) for p in sorted(found, key=lambda p: (p.parent.name, p)) if p.is_dir()]
