@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from tinycats.commands.serve_api import build_app
-from tinycats.commands.serve_models import LoadedRun, Limits, ModelStore
+from tinycats.commands.serve_models import Limits, LoadedRun, ModelStore
 from tinycats.models import CatClassifier
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
