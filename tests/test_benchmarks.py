@@ -103,6 +103,7 @@ def test_the_quick_suite_writes_the_summary_and_every_part(pets_sample, tmp_path
         ("NVIDIA H100 80GB HBM3", 989),
         ("NVIDIA H100 PCIe", 756),
         ("NVIDIA H200", 989),
+        ("NVIDIA B200", 2250),
         ("NVIDIA A100-SXM4-80GB", 312),
         ("NVIDIA L40S", 362),
         ("NVIDIA L4", 121),
