@@ -133,6 +133,8 @@ def mfu(setup: Setup, plan: Plan) -> str:
     top = peak(setup, workload)
     share = flops / step / top.flops
     verdict = "met" if share >= MFU_GOAL else "not met"
+    if setup.device.type != "cuda":
+        verdict = "not judged on a CPU"
     row = (
         workload.config, workload.batch, workload.precision or "32-true", len(steps),
         f"{1000 * step:,.1f}", f"{workload.batch / step:,.0f}", f"{flops / step / 1e12:,.3f}",

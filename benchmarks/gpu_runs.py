@@ -100,7 +100,7 @@ def kill_and_resume(
         "resumed vs uninterrupted",
     ]
     note = (
-        f"`tinycats fit -c {config.relative_to(REPO)} {' '.join(overrides)}`, SIGKILL to the "
+        f"`{' '.join(['tinycats fit -c', str(config.relative_to(REPO)), *overrides])}`, SIGKILL to the "
         "process group once the first step file is on disk, then rerun to the end. Compared: "
         "global step, weights, EMA, optimizer and LR schedulers of `last.ckpt` (bit-equal or "
         "not). deterministic: `--trainer.deterministic=true` (torch.use_deterministic_algorithms)"
