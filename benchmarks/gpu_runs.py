@@ -99,8 +99,9 @@ def kill_and_resume(
         "killed at step",
         "resumed vs uninterrupted",
     ]
+    command = " ".join(["tinycats fit -c", str(config.relative_to(REPO)), *overrides])
     note = (
-        f"`{' '.join(['tinycats fit -c', str(config.relative_to(REPO)), *overrides])}`, SIGKILL to the "
+        f"`{command}`, SIGKILL to the "
         "process group once the first step file is on disk, then rerun to the end. Compared: "
         "global step, weights, EMA, optimizer and LR schedulers of `last.ckpt` (bit-equal or "
         "not). deterministic: `--trainer.deterministic=true` (torch.use_deterministic_algorithms)"
