@@ -184,7 +184,7 @@ def compile_vs_eager(setup: Setup, plan: Plan) -> str:
     return markdown_table(header, [row], text_columns=2)
 
 
-def checkpoint_stall(setup: Setup, plan: Plan) -> str:
+def checkpoint_stall(setup: Setup) -> str:
     """Synchronous against asynchronous checkpoint stall, where benchmarks/checkpoint.py has it."""
     stall_table = getattr(checkpoint, "stall_table", None)
     if stall_table is None:
@@ -212,7 +212,7 @@ def ddp(setup: Setup, plan: Plan, out: Path) -> str:
     )
 
 
-def device(setup: Setup, plan: Plan) -> str:
+def device(setup: Setup) -> str:
     """The device and the peak its bf16 MFU is taken against."""
     if setup.device.type != "cuda":
         return "the CPU (dry run): no published peak; MFU is taken against a measured matmul rate."
@@ -224,12 +224,12 @@ def device(setup: Setup, plan: Plan) -> str:
 def parts(plan: Plan, out: Path) -> dict[str, Callable[[Setup], str]]:
     """Each section's heading and what measures it, in order."""
     return {
-        "Device": partial(device, plan=plan),
+        "Device": device,
         f"{Path(plan.dit).stem} training: MFU": partial(mfu, plan=plan),
         f"{Path(plan.classifier).stem}: step split": partial(classifier_split, plan=plan),
         "torch.compile against eager": partial(compile_vs_eager, plan=plan),
         "Kill (SIGKILL) and resume": partial(kill_and_resume, plan=plan, out=out),
-        "Checkpoint stall: synchronous against asynchronous": partial(checkpoint_stall, plan=plan),
+        "Checkpoint stall: synchronous against asynchronous": checkpoint_stall,
         "DDP on two devices": partial(ddp, plan=plan, out=out),
     }
 

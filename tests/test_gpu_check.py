@@ -40,9 +40,9 @@ def test_a_failing_part_is_reported_and_the_next_still_runs(monkeypatch) -> None
 
 def test_the_checkpoint_stall_is_the_writers_part_where_it_exists(monkeypatch) -> None:
     monkeypatch.delattr(checkpoint, "stall_table", raising=False)
-    assert gpu.checkpoint_stall(None, gpu.DRY_PLAN).startswith("not available")
+    assert gpu.checkpoint_stall(None).startswith("not available")
     monkeypatch.setattr(checkpoint, "stall_table", lambda setup: "| sync | async |", raising=False)
-    assert gpu.checkpoint_stall(None, gpu.DRY_PLAN) == "| sync | async |"
+    assert gpu.checkpoint_stall(None) == "| sync | async |"
 
 
 @pytest.mark.parametrize("plan", [gpu.GPU_PLAN, gpu.DRY_PLAN])
