@@ -54,6 +54,7 @@ PUBLISHED_BF16_PEAKS = (
     (r"H100.*PCIe", 756e12, "NVIDIA H100 datasheet, H100 PCIe: 1,513 TFLOP/s sparse"),
     (r"H100", 989e12, "NVIDIA H100 datasheet, H100 SXM: 1,979 TFLOP/s sparse"),
     (r"H200", 989e12, "NVIDIA H200 datasheet, H200 SXM: 1,979 TFLOP/s sparse"),
+    (r"B200", 2250e12, "NVIDIA HGX B200 datasheet, per GPU: 4.5 PFLOP/s sparse"),
     (r"A100", 312e12, "NVIDIA A100 datasheet: 624 TFLOP/s sparse"),
     (r"L40S", 362e12, "NVIDIA L40S datasheet: 733 TFLOP/s sparse"),
     (r"\bL4\b", 121e12, "NVIDIA L4 datasheet: 242 TFLOP/s sparse"),

@@ -39,6 +39,31 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+# The CPU kinds this project lands on, as torch describes them: cpuinfo's features and the
+# instruction set ATen dispatches to (ATEN_CPU_CAPABILITY=avx2 forces the latter down).
+CPU_KINDS = {
+    "avx2": ({"avx2": True, "avx512_f": False, "avx512_bf16": False, "amx_bf16": False}, "AVX2"),
+    "avx512_bf16": (
+        {"avx2": True, "avx512_f": True, "avx512_bf16": True, "amx_bf16": False},
+        "AVX512",
+    ),
+    "amx": ({"avx2": True, "avx512_f": True, "avx512_bf16": True, "amx_bf16": True}, "AVX512"),
+}
+
+
+@pytest.fixture(params=list(CPU_KINDS))
+def cpu_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each CPU kind in turn (AMD Zen 3, AMD Zen 4, Intel with AMX), as the precision rule sees
+    it, on any machine: the test runs once per kind and gets its name."""
+    import torch
+
+    capabilities, isa = CPU_KINDS[request.param]
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: isa)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+    return request.param
+
+
 @pytest.fixture(scope="session")
 def run_tinycats(pets_sample: Path) -> Callable[..., Any]:
     """Factory: ``run_tinycats(command, config, outputs, *overrides)`` runs the real ``tinycats``

@@ -216,3 +216,36 @@ def test_two_process_ddp_trains_and_only_rank_zero_commits(
     assert ranks and set(ranks) == {"0"}
     last = next(tmp_path.rglob("last.ckpt"))
     assert torch.load(last, weights_only=False)["global_step"] == 4
+
+
+class CrashAtStep(BoringModel):
+    """Raises in the forward pass of step ``step``: the weights may be half-updated then."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.crash_step = step
+
+    def training_step(self, batch, batch_idx: int):
+        if self.global_step == self.crash_step:
+            raise RuntimeError("crash mid-step")
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_crash_saves_nothing_so_last_ckpt_stays_the_newest_step_file(
+    tmp_path: Path,
+) -> None:
+    callbacks = build_checkpoints(CheckpointPolicy(every_n_train_steps=2), tmp_path, no_commit)
+    trainer = L.Trainer(
+        max_steps=10,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        limit_val_batches=0,
+    )
+    with pytest.raises(RuntimeError, match="crash mid-step"):
+        trainer.fit(CrashAtStep(5))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["last.ckpt", "step=00000002.ckpt", "step=00000004.ckpt"]
+    # last.ckpt is still step 4's copy: the crashed step 5 was not saved over it.
+    assert (tmp_path / "last.ckpt").read_bytes() == (tmp_path / "step=00000004.ckpt").read_bytes()

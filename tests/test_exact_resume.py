@@ -175,10 +175,12 @@ def test_a_stop_between_accumulated_batches_resumes_to_the_same_weights(tmp_path
 
 def test_the_order_is_a_function_of_seed_and_epoch() -> None:
     first, second = EpochBatches(SIZE, BATCH, 3, True), EpochBatches(SIZE, BATCH, 3, True)
+    assert second.batches() == first.batches()  # same seed, same epoch: the same order
     second.set_epoch(1)
-    pass
+    assert second.batches() != first.batches()  # another epoch: another order
     second.set_epoch(0)
-    pass
+    assert second.batches() == first.batches()  # epoch 0's order again, nothing carried over
+    assert EpochBatches(SIZE, BATCH, 4, True).batches() != first.batches()  # another seed
     assert sorted(i for batch in first.batches() for i in batch) == list(range(SIZE))
 
 

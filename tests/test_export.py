@@ -2,6 +2,7 @@
 and the DiT's velocity, the onnxruntime sampler against the PyTorch one, int8 quantisation."""
 
 import io
+import re
 import subprocess
 import sys
 from contextlib import redirect_stdout
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from tinycats.cli import EXIT_USAGE, main
-from tinycats.commands.export import quantize_int8
+from tinycats.commands.export import classifier_difference, quantize_int8
 from tinycats.commands.onnx_sampler import class_names, load_velocity, onnx_sample
 from tinycats.models import CatClassifier, DiTGenerator
 from tinycats.networks.flow import sample
@@ -92,6 +93,14 @@ def test_quantised_classifier_is_smaller_and_still_runs(classifier_export):
     images = np.random.default_rng(0).random((2, 3, CLASSIFIER_SIZE, CLASSIFIER_SIZE))
     assert session.run(None, {"images": images.astype(np.float32)})[0].shape == (2, 3)
     assert "int8 weights" in printed and " MB → " in printed
+
+
+def test_the_int8_difference_printed_is_the_quantised_graphs(classifier_export):
+    model, path, printed = classifier_export
+    shown = float(re.search(r"int8 weights: .* difference from PyTorch (\S+)", printed)[1])
+    quantised = path.with_name("classifier.int8.onnx")
+    int8, plain = (classifier_difference(model, CLASSIFIER_SIZE, p) for p in (quantised, path))
+    assert shown == float(f"{int8:.2e}") and int8 > 10 * plain  # not the float graph's
 
 
 def test_quantize_int8_reports_both_sizes(dit_export, tmp_path: Path):

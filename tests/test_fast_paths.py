@@ -2,6 +2,9 @@
 bf16 is chosen exactly where the processor computes it natively."""
 
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -54,6 +57,10 @@ def test_precision_is_bf16_on_gpus_that_have_it_unless_set(monkeypatch) -> None:
     assert auto_precision(None) is None
 
 
+# What the precision rule should find on each kind of tests/conftest.py's ``cpu_kind``.
+NATIVE_BF16 = {"avx2": (), "avx512_bf16": ("avx512_bf16",), "amx": ("amx_bf16", "avx512_bf16")}
+
+
 @pytest.mark.parametrize(
     ("capabilities", "found"),
     [
@@ -66,50 +73,71 @@ def test_precision_is_bf16_on_gpus_that_have_it_unless_set(monkeypatch) -> None:
 )
 def test_cpu_bf16_means_avx512_bf16_or_amx(capabilities, found, monkeypatch) -> None:
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
     assert performance.cpu_bf16_features() == found
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert auto_precision(None) == ("bf16-mixed" if found else None)
     assert auto_precision("32-true") == "32-true"  # an explicit precision always wins
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert performance.cpu_bf16_features() == ()  # torch told to run as an AVX2 machine
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
     assert performance.cpu_bf16_features() == ()  # nothing to run bf16 kernels with
 
 
-@pytest.mark.parametrize("features", [(), ("avx512_bf16",)])
-def test_bf16_asked_for_on_a_cpu_that_emulates_it_is_kept_with_a_warning(
-    features, monkeypatch, caplog
-) -> None:
-    monkeypatch.setattr(performance, "cpu_bf16_features", lambda: features)
+def test_each_cpu_kind_trains_each_model_in_its_precision(cpu_kind, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    native = NATIVE_BF16[cpu_kind]
+    assert performance.cpu_bf16_features() == native
+    bf16 = "bf16-mixed" if native else None
+    small = DiTGenerator(num_classes=2, **TINY_DIT, image_size=16)
+    big = DiTGenerator(num_classes=2, patch_size=4, width=384, depth=12, heads=6, image_size=64)
+    assert not small.cpu_bf16 and big.cpu_bf16  # measured: 0.62x and 1.86x (ADR 0014)
+    assert [auto_precision(None, model=m) for m in (None, classifier(), big, small)] == [
+        bf16,
+        bf16,
+        bf16,
+        None,
+    ]
+    reason = choose_precision(None, "cpu", small).reason
+    assert ("DiTGenerator" if native else "no native bfloat16") in reason
+    assert choose_precision("bf16-mixed", "cpu", small).precision == "bf16-mixed"  # set wins
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA L4")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda **_: True)
+    assert choose_precision(None, "cuda", small).precision == "bf16-mixed"  # the rule is CPUs'
+
+
+def test_bf16_asked_for_on_a_cpu_that_emulates_it_is_kept_with_a_warning(cpu_kind, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="tinycats"):
         for requested in ("bf16-mixed", "bf16-true", "32-true"):
             assert choose_precision(requested, "cpu").precision == requested
     warned = [r.getMessage() for r in caplog.records]
-    assert len(warned) == (0 if features else 2)
+    assert len(warned) == (2 if cpu_kind == "avx2" else 0)
     assert all("emulated" in w and "Leave trainer.precision unset" in w for w in warned)
 
 
-def test_cpu_features_agree_with_proc_cpuinfo() -> None:
+def test_cpu_features_agree_with_proc_cpuinfo_and_aten() -> None:
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.exists():
         pytest.skip("no /proc/cpuinfo on this system")
     flags = set(cpuinfo.read_text().split())
-    expected = tuple(f for f in performance.CPU_BF16_FEATURES if f in flags)
+    aten_avx512 = torch.backends.cpu.get_cpu_capability() == "AVX512"
+    expected = tuple(f for f in performance.CPU_BF16_FEATURES if f in flags and aten_avx512)
     assert performance.cpu_bf16_features() == expected
 
 
-def test_a_model_slower_in_bf16_on_cpus_stays_float32(monkeypatch) -> None:
-    monkeypatch.setattr(performance, "cpu_bf16_features", lambda: ("amx_bf16",))
-    small = DiTGenerator(num_classes=2, **TINY_DIT, image_size=16)
-    big = DiTGenerator(num_classes=2, patch_size=4, width=384, depth=12, heads=6, image_size=64)
-    assert not small.cpu_bf16 and big.cpu_bf16  # measured: 0.62x and 1.86x (ADR 0014)
-
-    chosen = choose_precision(None, "cpu", small)
-    assert chosen.precision is None and "DiTGenerator" in chosen.reason
-    assert choose_precision(None, "cpu", big).precision == "bf16-mixed"
-    assert choose_precision(None, "cpu", classifier()).precision == "bf16-mixed"
-    assert choose_precision("bf16-mixed", "cpu", small).precision == "bf16-mixed"
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA L4")
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda **_: True)
-    assert choose_precision(None, "cuda", small).precision == "bf16-mixed"  # the rule is CPUs'
+def test_aten_cpu_capability_forced_down_means_float32() -> None:
+    code = "from tinycats.models.performance import cpu_bf16_features as f; print(f())"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "()"
 
 
 def test_channels_last_gives_the_same_loss(batch) -> None:

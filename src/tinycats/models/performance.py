@@ -79,8 +79,11 @@ def default_device_type() -> str:
 
 
 def cpu_bf16_features() -> tuple[str, ...]:
-    """Which of CPU_BF16_FEATURES this CPU has (empty where oneDNN is missing to use them)."""
+    """Which of CPU_BF16_FEATURES this CPU has (empty where oneDNN is missing to use them, or
+    where torch runs below AVX-512, as ``ATEN_CPU_CAPABILITY=avx2`` makes it: ADR 0016)."""
     if not torch.backends.mkldnn.is_available():
+        return ()
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":  # both features imply AVX-512
         return ()
     get_capabilities = getattr(torch.cpu, "get_capabilities", None)  # older torch: cpuinfo
     if get_capabilities is not None:
