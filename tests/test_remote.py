@@ -995,3 +995,13 @@ class BoundedPopen(subprocess.Popen):
             self.kill()  # rank 0; the other rank exits when its peer is gone
             super().wait()
             raise
+
+
+def test_a_finished_run_is_extended_by_a_larger_max_steps(remote, storage, pets_sample) -> None:
+    config = CLASSIFIER_TINY.read_text()
+    source = f"--data.source={pets_sample}"
+    first = fit_local(remote, config, [source, "--trainer.max_steps=2"], "tiny", RUN_DATE)
+    assert first["status"] == "finished" and first["global_step"] == 2
+    longer = fit_local(remote, config, [source, "--trainer.max_steps=3"], "tiny", RUN_DATE)
+    assert longer["status"] == "finished" and longer["global_step"] == 3
+    assert longer["attempts"] == 2

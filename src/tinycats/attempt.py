@@ -156,16 +156,11 @@ class Lease:
             self.commit()
 
 
-def wait_while_held(
-    launch: Launch,
-    outputs: str,
-    reload: Callable[[], None],
-    sleep: Callable[[float], None] = time.sleep,
-) -> None:
+def wait_while_held(launch: Launch, outputs: str, reload: Callable[[], None]) -> None:
     """Wait while any attempt holds the launch's run (the driver waits so, on a CPU)."""
     reload()
     while Lease(run_folder(launch, outputs), "", lambda: None, time.time).other_holder():
-        sleep(HEARTBEAT_S)
+        time.sleep(HEARTBEAT_S)
         reload()
 
 
