@@ -125,6 +125,19 @@ def test_a_preempted_multi_gpu_attempt_leaves_the_same_way(tmp_path, monkeypatch
     assert modal_handles(left) == ([], KeyboardInterrupt)
 
 
+def test_a_preemption_before_training_spends_no_retry(tmp_path) -> None:
+    def preempted_while_preparing_data(args):
+        try:  # Lightning outside the checkpoint callback's window: it exits 1 on an interrupt
+            os.kill(os.getpid(), signal.SIGINT)
+            signal.pause()
+        except KeyboardInterrupt:
+            sys.exit(1)
+        return {}
+
+    left = ended(preempted_while_preparing_data, tmp_path)
+    assert modal_handles(left) == ([], KeyboardInterrupt)
+
+
 def test_a_crash_spends_a_retry(tmp_path) -> None:
     def crashing(args):
         raise RuntimeError("CUDA error: an illegal memory access")

@@ -219,9 +219,9 @@ def run_attempt(
     retry may fix is raised.
     """
     end_at = clock() + checks.attempt_end_s(box.timeout_s)
-    tail, record = StderrTail(sys.stderr), None
+    tail, record, seen = StderrTail(sys.stderr), None, Signals()
     try:
-        with contextlib.redirect_stderr(tail), cancellation_stops_training() as cancel:
+        with contextlib.redirect_stderr(tail), stop_signals_seen(seen):
             run = run_folder(launch, box.storage.outputs)
             lease = Lease(run, holder, box.storage.commit_outputs, clock)
             if other := lease.other_holder():
@@ -231,7 +231,8 @@ def run_attempt(
                 summary = train_run(launch, run, box, end_at, train)
     except BaseException as failure:
         refusal = refusal_for(failure, tail.text)
-        outcome = "refused" if refusal else "preempted" if stopped(failure) else "failed"
+        preempted = stopped(failure) or seen.interrupted or seen.cancelled
+        outcome = "refused" if refusal else "preempted" if preempted else "failed"
         if record is not None:
             record.end(outcome)
         if refusal is not None:
@@ -239,7 +240,7 @@ def run_attempt(
         said = f"{type(failure).__name__}: {failure}"
         if outcome == "preempted":
             say(f"this attempt was stopped ({said}); Modal runs it again, spending no retry")
-            raise (cancelled() if cancel.requested else KeyboardInterrupt()) from failure
+            raise (cancelled() if seen.cancelled else KeyboardInterrupt()) from failure
         say(f"this attempt failed ({said}). Modal retries it, from the last checkpoint.")
         raise
     record.end(summary["status"])
@@ -268,34 +269,42 @@ def train_run(launch: Launch, run: Path, box: Container, end_at: float, train: T
 
 
 def stopped(failure: BaseException) -> bool:
-    """Whether ``failure`` is a stop from outside (preemption, a signal, a cancellation)."""
+    """Whether ``failure`` is a stop by signal (the CLI's exit after a clean stop, or an interrupt)."""
     return isinstance(failure, KeyboardInterrupt) or (
         isinstance(failure, SystemExit) and failure.code == EXIT_INTERRUPTED
     )
 
 
 @dataclass
-class Cancellation:
-    """Whether `modal app stop` asked this attempt to stop."""
+class Signals:
+    """Which stop signals reached this attempt: a preemption (SIGINT) or `modal app stop`."""
 
-    requested: bool = False
+    interrupted: bool = False
+    cancelled: bool = False
 
 
 @contextlib.contextmanager
-def cancellation_stops_training() -> Iterator[Cancellation]:
-    """Turn Modal's cancellation signal (SIGUSR1) into the preemption signal (SIGINT) while
-    training, so the run stops at a step with last.ckpt written, as for a preemption."""
-    cancel = Cancellation()
+def stop_signals_seen(seen: Signals) -> Iterator[None]:
+    """Note the stop signals of this attempt. Modal's cancellation (SIGUSR1) becomes the
+    preemption signal (SIGINT), which the checkpoint callback answers with a stop at a step and
+    last.ckpt; a SIGINT outside training (Lightning then exits 1) still ends as a preemption."""
 
-    def stop_like_a_preemption(signum: int, frame: Any) -> None:
-        cancel.requested = True
+    def interrupted(signum: int, frame: Any) -> None:
+        seen.interrupted = True
+        raise KeyboardInterrupt
+
+    def cancelled(signum: int, frame: Any) -> None:
+        seen.cancelled = True
         os.kill(os.getpid(), signal.SIGINT)
 
-    previous = signal.signal(signal.SIGUSR1, stop_like_a_preemption)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGUSR1)}
+    signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGUSR1, cancelled)
     try:
-        yield cancel
+        yield
     finally:
-        signal.signal(signal.SIGUSR1, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def refusal_for(failure: BaseException, stderr: str) -> str | None:
