@@ -113,11 +113,8 @@ class Runner:
 
     @modal.method()
     def fit(self, job: attempt.Launch, holder: str) -> dict:
-        """Train one attempt of ``job``'s run for ``holder`` (one id for all retries of a call).
-
-        Returns the result (finished, continue, refused, busy); raises what a retry may fix;
-        a preemption leaves as `KeyboardInterrupt`, `modal app stop` as `InputCancellation`.
-        """
+        """Train one attempt of ``job``'s run for ``holder`` (one id for all retries of a call):
+        the result, or a raise as Modal counts it (`attempt.run_attempt`)."""
         from tinycats.cli import run_cli
 
         def train(args: list[str]) -> dict:
