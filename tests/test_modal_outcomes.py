@@ -418,3 +418,41 @@ def test_tensorboard_reads_events_files_in_a_way_that_lets_the_volume_reload(
     # `Volume.reload()` fails while a file on the volume is open: the Python loader closes them.
     assert configured == {"logdir": str(tmp_path), "load_fast": "false"}
     assert callable(app)
+
+
+class ProgressThenTimeout:
+    """Stands in for `Runner`: the first call checkpoints step 10 and then times out with its
+    retries spent (short limits); the next call finishes the run."""
+
+    def __init__(self, run: Path, progress: bool) -> None:
+        self.run, self.progress, self.spawned = run, progress, 0
+
+    def __call__(self):
+        return SimpleNamespace(fit=SimpleNamespace(spawn=self.spawn))
+
+    def spawn(self, job: Launch, holder: str):
+        self.spawned += 1
+        first = self.spawned == 1
+
+        def get(timeout):
+            if first:
+                if self.progress:
+                    self.run.mkdir(parents=True, exist_ok=True)
+                    (self.run / "step=00000010.ckpt").write_bytes(b"weights")
+                raise round_trip(FunctionTimeoutError("Function timed out"))
+            return {"status": "finished", "run_dir": str(self.run)}
+
+        return SimpleNamespace(object_id=f"fc-{self.spawned}", get=get)
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_a_failed_call_that_moved_the_run_on_is_called_again(
+    remote, monkeypatch, tmp_path, progress
+) -> None:
+    run = tmp_path / "outputs/checkpoints/classifier" / RUN_DATE / "tiny"
+    runner = ProgressThenTimeout(run, progress)
+    done = drive(remote, monkeypatch, tmp_path, runner, Launch(CONFIG, (), "tiny", RUN_DATE))
+    if progress:
+        assert done["status"] == "finished" and done["calls"] == 2
+    else:
+        assert done["status"] == "failed" and "Function timed out" in done["error"]

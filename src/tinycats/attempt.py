@@ -164,6 +164,12 @@ def wait_while_held(launch: Launch, outputs: str, reload: Callable[[], None]) ->
         reload()
 
 
+def progress(launch: Launch, outputs: str) -> tuple:
+    """What the run's checkpoints are now: a call that changed them moved the run forward."""
+    run = run_folder(launch, outputs)
+    return tuple(sorted((path.name, path.stat().st_mtime_ns) for path in run.glob("*.ckpt")))
+
+
 # ## The attempt record (attempts.jsonl): one line when an attempt starts, one when it ends
 #
 # The start line is committed before training, so a killed attempt is counted too.
