@@ -42,9 +42,8 @@ SETTINGS = launch.settings_from_env(os.environ)
 
 # ## Volumes: one for what runs make, one for what they read
 #
-# Checkpoints, logs and grids go to the outputs volume; the dataset and its cache to the data
-# volume. A write is durable once committed: the training code commits after each checkpoint
-# and the data cache through `STORAGE`'s callables (tests swap in folders and recorders).
+# Checkpoints, logs and grids go to the outputs volume, the dataset and its cache to the data
+# volume. A write is durable once committed, through `STORAGE` (tests swap in folders).
 
 outputs_volume = modal.Volume.from_name(SETTINGS.outputs_volume, create_if_missing=True)
 data_volume = modal.Volume.from_name(SETTINGS.data_volume, create_if_missing=True)
@@ -144,8 +143,8 @@ class Runner:
 # ## A driver that keeps a long run going
 #
 # An attempt that used its time returns `continue`; this CPU function calls again, so a run of
-# any length finishes with the laptop closed (`modal run --detach`). Each attempt's holder id is
-# shared by its retries; the driver waits while another holds the run, and before its own 24 h
+# any length finishes with the laptop closed (`modal run --detach`). It waits while another call
+# holds the run, calls again after a failed call that moved the run on, and before its own 24 h
 # limit hands the call it waits on to a fresh driver.
 
 POLL_S = 60
@@ -165,10 +164,14 @@ def drive(job: attempt.Launch, waiting_on: str = "") -> dict:
         else:
             attempt.wait_while_held(job, STORAGE.outputs, reload_outputs)
             call = Runner().fit.spawn(job, uuid.uuid4().hex)
+        before = attempt.progress(job, STORAGE.outputs)
         result = attempt.await_result(call, hand_over_at, POLL_S)
         if result is None:
             return {"status": "handed over", "call_id": drive.spawn(job, call.object_id).object_id}
         calls += 1
+        reload_outputs()  # a call that failed after moving the run on is not the run's end
+        if result["status"] == "failed" and attempt.progress(job, STORAGE.outputs) != before:
+            continue
         if result["status"] not in ("continue", "busy"):
             return {**result, "calls": calls}
         job = job.dated(Path(result["run_dir"]).parent.name)  # the run has a date now: keep it
@@ -180,10 +183,8 @@ def reload_outputs() -> None:
         outputs_volume.reload()
 
 
-# ## Launching from your computer
-#
-# `modal run src/tinycats/remote.py::fit` runs this function locally: it checks what it can
-# without torch, fixes the run's name, starts the driver and waits for the result.
+# ## Launching from your computer: `modal run src/tinycats/remote.py::fit` runs this locally; it
+# checks what it can without torch, fixes the run's name, starts the driver, waits for the result.
 
 ENTRYPOINT = "src/tinycats/remote.py"
 
