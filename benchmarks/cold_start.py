@@ -74,10 +74,11 @@ client = time.time() - process_start
 import tinycats.cli
 stack = time.time() - process_start - client
 root = Path({root!r})
-remote.STORAGE = remote.Storage(str(root / "outputs"), str(root / "data"), lambda: None, lambda: None)
+remote.STORAGE = remote.attempt.Storage(str(root / "outputs"), str(root / "data"), lambda: None, lambda: None)
 overrides = ["--data.source={photos}", "--trainer.max_steps=2", "--checkpoint.every_n_train_steps=1",
              "--trainer.num_sanity_val_steps=0", "--trainer.limit_val_batches=0"]
-summary = remote.Runner().fit.local(Path({config!r}).read_text(), overrides, {name!r}, "2026-01-02")
+job = remote.attempt.Launch(Path({config!r}).read_text(), tuple(overrides), {name!r}, "2026-01-02")
+summary = remote.Runner().fit.local(job, "cold-start")
 first_step = Path(summary["run_dir"], "step=00000001.ckpt").stat().st_mtime - process_start
 caches = [p.stat().st_mtime - process_start for p in (root / "data/cache").glob("*.pt")
           if p.stat().st_mtime > process_start]

@@ -18,7 +18,9 @@ from typing import ClassVar
 
 import pytest
 
-from tinycats.launch import attempt_budget_s as ATTEMPT_BUDGET_S
+from tinycats import attempt
+from tinycats.attempt import Launch
+from tinycats.launch import attempt_end_s as ATTEMPT_END_S
 
 REPO = Path(__file__).resolve().parents[1]
 REMOTE = REPO / "src/tinycats/remote.py"
@@ -65,6 +67,20 @@ def remote() -> ModuleType:
     del sys.modules["remote"]
 
 
+def fit_local(remote: ModuleType, config: str, overrides: list[str], *identity: str) -> dict:
+    """`Runner.fit` run by `.local()` for the launch of ``config`` (name, date, start, today)."""
+    job = Launch(config, tuple(overrides), *identity)
+    return remote.Runner().fit.local(job, "one-call")
+
+
+def same_run(result: dict, other: dict) -> bool:
+    """Whether two results are of the same run, alike but for the attempts they count."""
+    facts = ("attempts", "run_bytes")
+    return {k: v for k, v in result.items() if k not in facts} == {
+        k: v for k, v in other.items() if k not in facts
+    }
+
+
 class RecordingCommit:
     """A stand-in for ``Volume.commit`` that records the files under ``root`` at each call."""
 
@@ -87,7 +103,7 @@ def storage(remote: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     outputs, data = tmp_path / "outputs", tmp_path / "data"
     commits = SimpleNamespace(outputs=RecordingCommit(outputs), data=RecordingCommit(data))
     monkeypatch.setattr(
-        remote, "STORAGE", remote.Storage(str(outputs), str(data), commits.outputs, commits.data)
+        remote, "STORAGE", attempt.Storage(str(outputs), str(data), commits.outputs, commits.data)
     )
     return SimpleNamespace(outputs=outputs, data=data, commits=commits)
 
@@ -163,8 +179,7 @@ def test_environment_variables_change_the_launch_settings() -> None:
         ("H100?", 60, 3, "Unknown GPU"),
         ("T4", 0, 3, "outside Modal's range for one attempt, 1 s to 24 h"),
         ("T4", 24 * 3600 + 1, 3, "Set TINYCATS_TIMEOUT"),
-        ("T4", 60, -1, "Retries -1 is outside 0 to 10"),
-        ("T4", 60, 11, "Set TINYCATS_RETRIES"),
+        ("T4", 60, -1, "Retries -1 is negative. Set TINYCATS_RETRIES"),
     ],
 )
 def test_invalid_launch_settings_are_refused_clearly(
@@ -393,16 +408,10 @@ def test_fit_entrypoint_sends_the_config_and_prints_how_to_continue(remote, monk
     )
     config_text = (REPO / "configs/classifier.yaml").read_text()
     today = time.strftime("%Y-%m-%d")
-    assert calls == [
-        (
-            config_text,
-            ["--trainer.max_epochs=1"],
-            "cats",
-            RUN_DATE,
-            "checkpoints/a/last.ckpt",
-            today,
-        )
-    ]
+    job = Launch(
+        config_text, ("--trainer.max_epochs=1",), "cats", RUN_DATE, "checkpoints/a/last.ckpt", today
+    )
+    assert calls == [(job,)]
     printed = capsys.readouterr().out
     assert (
         "modal run --detach src/tinycats/remote.py::fit --config configs/classifier.yaml "
@@ -423,7 +432,11 @@ def test_fit_entrypoint_continues_a_run_by_its_name_alone(remote, monkeypatch, c
     monkeypatch.chdir(REPO)
     monkeypatch.setattr(remote, "drive", fake_drive(FINISHED, calls))
     remote.fit(config="configs/classifier.yaml")
-    assert calls[0][2:4] == ("cat-vs-dog", "")  # the container finds the newest run of the name
+    (job,) = calls[0]
+    assert (job.name, job.date) == (
+        "cat-vs-dog",
+        "",
+    )  # the container finds the newest run of the name
     assert "--config configs/classifier.yaml --name cat-vs-dog\n" in capsys.readouterr().out
 
 
@@ -631,7 +644,7 @@ def test_fit_commits_resumes_after_a_kill_and_returns_a_finished_run(
 ) -> None:
     config = CLASSIFIER_TINY.read_text()
     overrides = [f"--data.source={pets_sample}", "--trainer.max_steps=4"]  # frugal: 4 + 2 steps
-    first = remote.Runner().fit.local(config, overrides, "tiny", RUN_DATE)
+    first = fit_local(remote, config, overrides, "tiny", RUN_DATE)
 
     run = storage.outputs / "checkpoints/classifier" / RUN_DATE / "tiny"
     assert first["status"] == "finished" and first["global_step"] == 4
@@ -653,21 +666,28 @@ def test_fit_commits_resumes_after_a_kill_and_returns_a_finished_run(
     storage.commits.outputs.snapshots.clear()
     storage.commits.data.snapshots.clear()
     caplog.set_level("INFO", logger="tinycats")
-    resumed = remote.Runner().fit.local(config, overrides, "tiny", RUN_DATE)
+    resumed = fit_local(remote, config, overrides, "tiny", RUN_DATE)
+    committed_before = storage.commits.outputs.committed()
     assert f"Resuming from {run / steps[0]}" in caplog.text
     assert resumed["status"] == "finished" and resumed["global_step"] == 4
     assert storage.commits.data.snapshots == []  # the cache was reused
     assert prefix + "summary.json" in storage.commits.outputs.snapshots[-1]
     assert_same_weights(uninterrupted, (run / "last.ckpt").read_bytes())
 
-    # The finished run: the same summary at once, nothing trained, nothing committed.
+    # The finished run: the same summary (one attempt more), nothing trained or written but the
+    # attempt's record and its lease.
     storage.commits.outputs.snapshots.clear()
     # A time stamp set in the past: a rewrite shows at any clock resolution.
     os.utime(run / "last.ckpt", ns=(10**18, 10**18))
     before = (run / "last.ckpt").stat().st_mtime_ns
-    again = remote.Runner().fit.local(config, overrides, "tiny", RUN_DATE)
-    assert again == resumed
-    assert storage.commits.outputs.snapshots == [] and storage.commits.data.snapshots == []
+    again = fit_local(remote, config, overrides, "tiny", RUN_DATE)
+    facts = ("attempts", "run_bytes")
+    assert {k: v for k, v in again.items() if k not in facts} == {
+        k: v for k, v in resumed.items() if k not in facts
+    }
+    assert again["attempts"] == resumed["attempts"] + 1
+    assert storage.commits.outputs.committed() - committed_before <= {prefix + "lease.json"}
+    assert storage.commits.data.snapshots == []
     assert (run / "last.ckpt").stat().st_mtime_ns == before
 
 
@@ -697,22 +717,23 @@ def refused(result: dict, stderr: str, *needles: str) -> None:
 
 def test_an_unknown_key_is_refused_with_the_parser_message(remote, storage, pets_sample, capsys):
     config = CLASSIFIER_TINY.read_text()
-    typo = remote.Runner().fit.local(
-        config, [f"--data.source={pets_sample}", "--trainer.max_stepz=3"], "tiny", RUN_DATE
+    typo = fit_local(
+        remote, config, [f"--data.source={pets_sample}", "--trainer.max_stepz=3"], "tiny", RUN_DATE
     )
     refused(typo, capsys.readouterr().err, "rejected the config", "max_stepz")
 
 
 def test_print_config_is_refused_not_retried(remote, storage, pets_sample, capsys) -> None:
     config = CLASSIFIER_TINY.read_text()
-    printed = remote.Runner().fit.local(
-        config, [f"--data.source={pets_sample}", "--print_config"], "tiny", RUN_DATE
+    printed = fit_local(
+        remote, config, [f"--data.source={pets_sample}", "--print_config"], "tiny", RUN_DATE
     )
     refused(printed, capsys.readouterr().err, "without training", "--print_config")
 
 
 def test_a_missing_start_checkpoint_is_refused(remote, storage, pets_sample, capsys) -> None:
-    missing = remote.Runner().fit.local(
+    missing = fit_local(
+        remote,
         CLASSIFIER_TINY.read_text(),
         [f"--data.source={pets_sample}"],
         "tiny",
@@ -733,8 +754,8 @@ def test_out_of_memory_is_refused_with_a_smaller_batch_to_try(
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB.")
 
     monkeypatch.setattr(CatClassifier, "training_step", out_of_memory)
-    oom = remote.Runner().fit.local(
-        CLASSIFIER_TINY.read_text(), [f"--data.source={pets_sample}"], "tiny", RUN_DATE
+    oom = fit_local(
+        remote, CLASSIFIER_TINY.read_text(), [f"--data.source={pets_sample}"], "tiny", RUN_DATE
     )
     refused(
         oom,
@@ -749,7 +770,7 @@ def test_a_download_that_fails_is_raised_so_modal_retries(remote, storage, capsy
 
     dead = ["--data.source=oxford-pets", "--data.base_url=http://127.0.0.1:9/"]
     with pytest.raises(DatasetDownloadError, match="Could not download"):
-        remote.Runner().fit.local(CLASSIFIER_TINY.read_text(), dead, "tiny", RUN_DATE)
+        fit_local(remote, CLASSIFIER_TINY.read_text(), dead, "tiny", RUN_DATE)
     assert "Modal retries it" in capsys.readouterr().err
     assert storage.commits.data.snapshots == []
 
@@ -765,7 +786,7 @@ def test_a_half_installed_dataset_is_installed_again_and_trained_on(
         f"--data.checksums={json.dumps(oxford_archives.checksums)}",
         "--trainer.max_steps=2",
     ]
-    trained = remote.Runner().fit.local(CLASSIFIER_TINY.read_text(), overrides, "tiny", RUN_DATE)
+    trained = fit_local(remote, CLASSIFIER_TINY.read_text(), overrides, "tiny", RUN_DATE)
     assert trained["status"] == "finished" and trained["global_step"] == 2
     assert (storage.data / "oxford-iiit-pet" / ".complete").is_file()
 
@@ -788,14 +809,13 @@ def test_a_signal_fails_the_attempt_and_the_retry_continues(
     config = CLASSIFIER_TINY.read_text()
     overrides = [f"--data.source={pets_sample}", "--trainer.max_steps=4"]
     monkeypatch.setattr(CatClassifier, "training_step", signalled_at_step_3)
-    with pytest.raises(SystemExit) as stop:
-        remote.Runner().fit.local(config, overrides, "tiny", RUN_DATE)
-    assert stop.value.code == 143
-    assert "Modal retries it" in capsys.readouterr().err
+    with pytest.raises(KeyboardInterrupt):  # Modal's preemption path: no retry spent
+        fit_local(remote, config, overrides, "tiny", RUN_DATE)
+    assert "spending no retry" in capsys.readouterr().err
 
     monkeypatch.setattr(CatClassifier, "training_step", train_step)
     caplog.set_level("INFO", logger="tinycats")
-    retried = remote.Runner().fit.local(config, overrides, "tiny", RUN_DATE)
+    retried = fit_local(remote, config, overrides, "tiny", RUN_DATE)
     run = storage.outputs / "checkpoints/classifier" / RUN_DATE / "tiny"
     assert f"Resuming from {run / 'last.ckpt'}" in caplog.text
     assert retried["status"] == "finished" and retried["global_step"] == 4
@@ -805,7 +825,7 @@ def test_a_signal_fails_the_attempt_and_the_retry_continues(
 def no_time_left(remote, monkeypatch) -> None:
     """Attempts whose time is up from the start: each stops after its first step, however fast
     this machine trains (a short real timeout would let a fast machine finish first)."""
-    monkeypatch.setattr(remote.launch, "attempt_budget_s", lambda timeout: 0.0)
+    monkeypatch.setattr(attempt.checks, "attempt_end_s", lambda timeout: 0.0)
 
 
 @pytest.mark.slow
@@ -817,26 +837,33 @@ def test_attempts_that_use_their_time_continue_until_the_run_is_done(
     real_runner = remote.Runner
     calls = []
 
-    def local_call(*args):
-        calls.append(args)
-        return real_runner().fit.local(*args)
+    def spawn(job, holder):
+        calls.append(job)
+        result = real_runner().fit.local(job, holder)
+        return SimpleNamespace(object_id="fc", get=lambda timeout: result)
 
     no_time_left(remote, monkeypatch)
-    monkeypatch.setattr(
-        remote, "Runner", lambda: SimpleNamespace(fit=SimpleNamespace(remote=local_call))
-    )
+    monkeypatch.setattr(remote, "Runner", lambda: SimpleNamespace(fit=SimpleNamespace(spawn=spawn)))
     caplog.set_level("INFO", logger="tinycats")
-    overrides = [f"--data.source={pets_sample}", "--trainer.max_steps=3"]
-    done = remote.drive.local(CLASSIFIER_TINY.read_text(), overrides, "tiny", "", "", RUN_DATE)
+    overrides = (f"--data.source={pets_sample}", "--trainer.max_steps=3")
+    done = remote.drive.local(
+        Launch(CLASSIFIER_TINY.read_text(), overrides, "tiny", "", "", RUN_DATE)
+    )
 
     run = storage.outputs / "checkpoints/classifier" / RUN_DATE / "tiny"
     assert done["status"] == "finished" and done["global_step"] == 3
     assert done["calls"] == done["attempts"] == 3
-    assert [call[3] for call in calls] == ["", RUN_DATE, RUN_DATE]
+    assert [job.date for job in calls] == ["", RUN_DATE, RUN_DATE]
     assert caplog.text.count("This attempt's time is up") == 2
     assert caplog.text.count(f"Resuming from {run / 'last.ckpt'}") == 2
-    assert (
-        f"checkpoints/classifier/{RUN_DATE}/tiny/last.ckpt" in storage.commits.outputs.snapshots[1]
+    first_end = next(
+        i
+        for i, files in enumerate(storage.commits.outputs.snapshots)
+        if any(name.endswith("attempts.jsonl") for name in files)
+    )
+    assert any(
+        f"checkpoints/classifier/{RUN_DATE}/tiny/last.ckpt" in files
+        for files in storage.commits.outputs.snapshots[first_end : first_end + 6]
     )
 
 
@@ -847,16 +874,16 @@ def test_a_launch_without_a_date_continues_the_newest_run_of_its_name(
     config = CLASSIFIER_TINY.read_text()
     overrides = [f"--data.source={pets_sample}", "--trainer.max_steps=2"]
     no_time_left(remote, monkeypatch)
-    started = remote.Runner().fit.local(config, overrides, "tiny", "", "", "2026-01-02")
+    started = fit_local(remote, config, overrides, "tiny", "", "", "2026-01-02")
     assert started["status"] == "continue"
-    monkeypatch.setattr(remote.launch, "attempt_budget_s", ATTEMPT_BUDGET_S)
+    monkeypatch.setattr(attempt.checks, "attempt_end_s", ATTEMPT_END_S)
     # A day later, without --date: the same run continues, in its own folder.
-    later = remote.Runner().fit.local(config, overrides, "tiny", "", "", "2026-01-03")
+    later = fit_local(remote, config, overrides, "tiny", "", "", "2026-01-03")
     assert later["status"] == "finished" and later["global_step"] == 2
     assert Path(later["run_dir"]) == storage.outputs / "checkpoints/classifier/2026-01-02/tiny"
     # Once finished, a launch by name returns its result at once; a new name starts a new run.
-    again = remote.Runner().fit.local(config, overrides, "tiny", "", "", "2026-01-04")
-    assert again == later
+    again = fit_local(remote, config, overrides, "tiny", "", "", "2026-01-04")
+    assert same_run(again, later)
     assert not (storage.outputs / "checkpoints/classifier/2026-01-04").exists()
 
 
@@ -865,29 +892,29 @@ def test_a_start_checkpoint_is_used_only_while_the_run_has_none(
     remote, storage, pets_sample, monkeypatch, caplog
 ) -> None:
     config, source = CLASSIFIER_TINY.read_text(), f"--data.source={pets_sample}"
-    base = remote.Runner().fit.local(config, [source, "--trainer.max_steps=2"], "base", RUN_DATE)
+    base = fit_local(remote, config, [source, "--trainer.max_steps=2"], "base", RUN_DATE)
     start = str(Path(base["run_dir"]).relative_to(storage.outputs) / "last.ckpt")
     caplog.set_level("INFO", logger="tinycats")
     longer = [source, "--trainer.max_steps=4"]
     # The first attempt starts from the base run and is cut short after one step...
     no_time_left(remote, monkeypatch)
-    first = remote.Runner().fit.local(config, longer, "tuned", RUN_DATE, start)
+    first = fit_local(remote, config, longer, "tuned", RUN_DATE, start)
     assert first["status"] == "continue" and first["global_step"] == 3
     assert f"Resuming from {storage.outputs / start}" in caplog.text
     # ...and the next one continues the tuned run, not the base run again.
     caplog.clear()
-    monkeypatch.setattr(remote.launch, "attempt_budget_s", ATTEMPT_BUDGET_S)
-    tuned = remote.Runner().fit.local(config, longer, "tuned", RUN_DATE, start)
+    monkeypatch.setattr(attempt.checks, "attempt_end_s", ATTEMPT_END_S)
+    tuned = fit_local(remote, config, longer, "tuned", RUN_DATE, start)
     assert f"Resuming from {Path(first['run_dir']) / 'last.ckpt'}" in caplog.text
     assert tuned["status"] == "finished" and tuned["global_step"] == 4
     # A relaunch of the finished run returns it; it does not start over from the base.
-    assert remote.Runner().fit.local(config, longer, "tuned", RUN_DATE, start) == tuned
+    assert same_run(fit_local(remote, config, longer, "tuned", RUN_DATE, start), tuned)
 
 
 @pytest.mark.slow
 def test_sample_draws_a_png_from_a_trained_dit(remote, storage, pets_sample) -> None:
-    trained = remote.Runner().fit.local(
-        DIT_TINY.read_text(), [f"--data.source={pets_sample}"], "tiny", RUN_DATE
+    trained = fit_local(
+        remote, DIT_TINY.read_text(), [f"--data.source={pets_sample}"], "tiny", RUN_DATE
     )
     assert trained["status"] == "finished"
     run = f"checkpoints/dit/{RUN_DATE}/tiny"
@@ -927,8 +954,8 @@ def test_several_gpus_commit_both_volumes_once_the_subprocess_has_ended(
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(FakeTrainingChild, "returncode", returncode)
     monkeypatch.setattr(FakeTrainingChild, "commands", [])
-    monkeypatch.setattr(remote.subprocess, "Popen", FakeTrainingChild)
-    fit = remote.Runner().fit.local
+    monkeypatch.setattr(attempt.subprocess, "Popen", FakeTrainingChild)
+    fit = lambda *launch: fit_local(remote, *launch)  # noqa: E731
     if returncode:
         with pytest.raises(RuntimeError, match="exited with status 1"):
             fit(CLASSIFIER_TINY.read_text(), [], "tiny", RUN_DATE)
@@ -938,11 +965,13 @@ def test_several_gpus_commit_both_volumes_once_the_subprocess_has_ended(
     assert command[1:4] == ["-m", "tinycats", "fit"]
     prefix = f"checkpoints/classifier/{RUN_DATE}/tiny/"
     written = {prefix + "last.ckpt"} | ({prefix + "summary.json"} if returncode == 0 else set())
-    # The outputs are committed once when the attempt is recorded, and once more after the child
-    # ended (whatever its status): all it wrote is in that commit.
-    recorded, after_child = storage.commits.outputs.snapshots
-    assert recorded == {prefix + "attempts.jsonl"}
-    assert after_child == written | recorded
+    # The outputs are committed when the lease is taken and the attempt recorded, and once more
+    # after the child ended (whatever its status): all it wrote is in that commit.
+    lease, recorded = prefix + "lease.json", prefix + "attempts.jsonl"
+    started, taken, after_child, *released = storage.commits.outputs.snapshots
+    assert (started, taken) == ({recorded}, {lease, recorded})
+    assert after_child == written | {lease, recorded}
+    assert all(lease not in snapshot for snapshot in released) and released
     assert len(storage.commits.data.snapshots) == 1
 
 
@@ -954,16 +983,21 @@ def test_several_gpus_train_in_a_subprocess_and_commit_when_it_ends(
 
     # Pretend the container has two GPUs, and let Lightning run its DDP on two CPU processes.
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(remote.subprocess, "Popen", BoundedPopen)
+    monkeypatch.setattr(attempt.subprocess, "Popen", BoundedPopen)
     ddp = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
-    summary = remote.Runner().fit.local(
-        CLASSIFIER_TINY.read_text(), [f"--data.source={pets_sample}", *ddp], "tiny", RUN_DATE
+    summary = fit_local(
+        remote,
+        CLASSIFIER_TINY.read_text(),
+        [f"--data.source={pets_sample}", *ddp],
+        "tiny",
+        RUN_DATE,
     )
     assert summary["status"] == "finished" and summary["global_step"] == 8
-    # One commit when the attempt is recorded, one when the subprocess ends.
-    assert len(storage.commits.outputs.snapshots) == 2 and len(storage.commits.data.snapshots) == 1
+    # Commits when the attempt is recorded and the lease taken, one when the subprocess ends.
+    after_child = storage.commits.outputs.snapshots[2]
+    assert len(storage.commits.data.snapshots) == 1
     prefix = f"checkpoints/classifier/{RUN_DATE}/tiny/"
-    assert {prefix + "last.ckpt", prefix + "summary.json"} <= storage.commits.outputs.snapshots[1]
+    assert {prefix + "last.ckpt", prefix + "summary.json"} <= after_child
 
 
 class BoundedPopen(subprocess.Popen):
@@ -976,3 +1010,13 @@ class BoundedPopen(subprocess.Popen):
             self.kill()  # rank 0; the other rank exits when its peer is gone
             super().wait()
             raise
+
+
+def test_a_finished_run_is_extended_by_a_larger_max_steps(remote, storage, pets_sample) -> None:
+    config = CLASSIFIER_TINY.read_text()
+    source = f"--data.source={pets_sample}"
+    first = fit_local(remote, config, [source, "--trainer.max_steps=2"], "tiny", RUN_DATE)
+    assert first["status"] == "finished" and first["global_step"] == 2
+    longer = fit_local(remote, config, [source, "--trainer.max_steps=3"], "tiny", RUN_DATE)
+    assert longer["status"] == "finished" and longer["global_step"] == 3
+    assert longer["attempts"] == 2

@@ -442,7 +442,7 @@ def remote(runs: Path):
     module = module_from_spec(spec)
     sys.modules["remote"] = module
     spec.loader.exec_module(module)
-    module.STORAGE = module.Storage(str(runs), str(runs), lambda: None, lambda: None)
+    module.STORAGE = module.attempt.Storage(str(runs), str(runs), lambda: None, lambda: None)
     yield module
     del sys.modules["remote"]
 

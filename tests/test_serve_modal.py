@@ -184,7 +184,7 @@ def remote_with(monkeypatch, tmp_path):
         monkeypatch.setitem(sys.modules, "remote", module)
         spec.loader.exec_module(module)
         outputs = str(tmp_path)
-        module.STORAGE = module.Storage(outputs, outputs, lambda: None, lambda: None)
+        module.STORAGE = module.attempt.Storage(outputs, outputs, lambda: None, lambda: None)
         return module
 
     return load

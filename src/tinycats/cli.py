@@ -103,9 +103,10 @@ class TinyCatsCLI(LightningCLI):
             "--stop_at",
             type=float,
             default=0.0,
-            help="fit only: stop at a step boundary, with last.ckpt written, once this Unix time "
-            "has passed (0: never); the next launch continues the run. The Modal layer sets it "
-            "a few minutes before an attempt's timeout.",
+            help="fit only: the Unix time by which training must have ended (0: never). It stops "
+            "at a step boundary, with last.ckpt written, once twice the longest stretch between "
+            "steps so far would pass it; the next launch continues the run. The Modal layer sets "
+            "it a minute before an attempt's timeout.",
         )
         parser.link_arguments(
             "data.num_classes", "model.init_args.num_classes", apply_on="instantiate"

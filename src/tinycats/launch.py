@@ -10,6 +10,8 @@ import datetime as dt
 import os
 import re
 import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -33,8 +35,14 @@ GPU_TYPES = (
 MAX_GPUS = 8
 MAX_GPUS_OF = {"A10": 4}  # types with a lower limit per container
 MAX_TIMEOUT_S = 24 * 60 * 60  # Modal's limit for one attempt
-MAX_RETRIES = 10  # Modal's documented maximum
-MAX_STOP_MARGIN_S = 5 * 60  # an attempt stops this long before its timeout (less for short ones)
+DEFAULT_RETRIES = 10
+# Client 1.6.4 checks only that retries are not negative (modal/retries.py); its commit raising
+# the server's limit says 90. The launch accepts what the client accepts.
+SERVER_MAX_RETRIES = 90
+# An attempt's training ends this long before its timeout at the latest (less for short ones):
+# what follows `fit` in the process (the summary, the lease's release, the last commit). What
+# follows the last step inside `fit` is measured while training (runs/deadline.py).
+MAX_END_MARGIN_S = 60
 
 
 class LaunchError(ValueError):
@@ -63,16 +71,16 @@ def validate_launch_settings(gpu: str, timeout: int, retries: int) -> None:
             f"({MAX_TIMEOUT_S} s). Set TINYCATS_TIMEOUT to seconds in that range, e.g. 21600 for "
             "6 h; a longer run continues in further attempts."
         )
-    if not 0 <= retries <= MAX_RETRIES:
+    if retries < 0:
         raise LaunchError(
-            f"Retries {retries} is outside 0 to {MAX_RETRIES}, the range Modal allows. "
-            f"Set TINYCATS_RETRIES to a whole number in that range."
+            f"Retries {retries} is negative. Set TINYCATS_RETRIES to a whole number from 0 "
+            f"(Modal's server allows up to {SERVER_MAX_RETRIES})."
         )
 
 
-def whole_number_from_env(name: str, default: int) -> int:
+def whole_number_from_env(name: str, default: int, environ: Mapping[str, str] = os.environ) -> int:
     """The whole number the environment variable ``name`` holds (``default`` when unset)."""
-    value = os.environ.get(name, "")
+    value = environ.get(name, "")
     if not value.strip():
         return default
     try:
@@ -83,9 +91,81 @@ def whole_number_from_env(name: str, default: int) -> int:
         ) from None
 
 
-def attempt_budget_s(timeout: int) -> float:
-    """How long an attempt trains before it stops itself: its timeout less a margin to save."""
-    return timeout - min(MAX_STOP_MARGIN_S, timeout / 10)
+def attempt_end_s(timeout: int) -> float:
+    """When an attempt's training must have ended, in seconds from its start: its timeout less
+    a margin for what follows training (at most MAX_END_MARGIN_S, a tenth of short timeouts)."""
+    return timeout - min(MAX_END_MARGIN_S, timeout / 10)
+
+
+# ## The launch's settings, from the environment
+
+MAX_SCALEDOWN_S = 60 * 60  # the longest warm window the Modal client accepts
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The TINYCATS_* settings of a launch; ``env()`` gives them to every container."""
+
+    gpu: str = "L4"  # cheap, 24 GB, and bfloat16 (plans/0004-modal-layer.md)
+    timeout_s: int = 6 * 60 * 60
+    retries: int = DEFAULT_RETRIES
+    outputs_volume: str = "tinycats-outputs"
+    data_volume: str = "tinycats-data"
+    serve_gpu: str = "L4"  # empty: CPU only
+    serve_warm_s: int = 5 * 60
+    serve_public: bool = False
+    serve_classifier: str = "newest"  # a run on the outputs volume, or the newest of the model
+    serve_generator: str = "newest"
+    # What a deployment may cost: at most this many Server containers at once (a burst queues
+    # rather than renting more GPUs), and in public mode what one client may ask a minute.
+    serve_max_containers: int = 1
+    serve_requests_per_min: int = 60
+    serve_draws_per_min: int = 10
+
+    def env(self) -> dict[str, str]:
+        """The environment variables that give a container these settings."""
+        text = lambda value: ("1" if value else "") if isinstance(value, bool) else str(value)  # noqa: E731
+        return {VARIABLES[name]: text(value) for name, value in vars(self).items()}
+
+
+VARIABLES = {
+    "gpu": "TINYCATS_GPU",
+    "timeout_s": "TINYCATS_TIMEOUT",
+    "retries": "TINYCATS_RETRIES",
+    "outputs_volume": "TINYCATS_OUTPUTS_VOLUME",
+    "data_volume": "TINYCATS_DATA_VOLUME",
+    "serve_gpu": "TINYCATS_SERVE_GPU",
+    "serve_warm_s": "TINYCATS_SERVE_WARM_S",
+    "serve_public": "TINYCATS_SERVE_PUBLIC",
+    "serve_classifier": "TINYCATS_SERVE_CLASSIFIER",
+    "serve_generator": "TINYCATS_SERVE_GENERATOR",
+    "serve_max_containers": "TINYCATS_SERVE_MAX_CONTAINERS",
+    "serve_requests_per_min": "TINYCATS_SERVE_REQUESTS_PER_MIN",
+    "serve_draws_per_min": "TINYCATS_SERVE_DRAWS_PER_MIN",
+}
+
+
+def settings_from_env(environ: Mapping[str, str]) -> Settings:
+    """The settings the environment gives, checked; LaunchError names the variable to fix."""
+    values: dict[str, Any] = {}
+    for name, default in vars(Settings()).items():
+        variable = VARIABLES[name]
+        if isinstance(default, bool):
+            values[name] = environ.get(variable, "").strip() == "1"
+        elif isinstance(default, int):
+            values[name] = whole_number_from_env(variable, default, environ)
+        else:
+            values[name] = environ.get(variable, default).strip()
+    settings = Settings(**values)
+    validate_launch_settings(settings.gpu, settings.timeout_s, settings.retries)
+    validate_serve_settings(
+        settings.serve_gpu,
+        settings.serve_warm_s,
+        settings.serve_max_containers,
+        settings.serve_requests_per_min,
+        settings.serve_draws_per_min,
+    )
+    return settings
 
 
 # ## The config and the overrides
@@ -234,6 +314,54 @@ def fetch_commands(volume: str, run_dir: str, run_bytes: int, present: list[str]
         )
         commands.append(f"mkdir -p {shlex.quote(str(local))} && {parts}")
     return commands
+
+
+def continue_command(entrypoint: str, config: str, name: str, date: str, overrides: str) -> str:
+    """The command that continues this launch's run."""
+    return (
+        f"modal run --detach {entrypoint}::fit --config {shlex.quote(config)} --name {name}"
+        + (f" --date {date}" if date else "")
+        + (f" --overrides={shlex.quote(overrides)}" if overrides else "")
+    )
+
+
+def start_message(
+    config: str, settings: Settings, name: str, date: str, app_id: str, again: str
+) -> str:
+    """What a launch prints before it starts: the run, and how to follow and stop it."""
+    app_id = app_id or "APP_ID (modal app list)"
+    return (
+        f"Training {config} on {settings.gpu} as run {name!r} (attempts of up to "
+        f"{settings.timeout_s / 3600:g} h, each ending its training in time to save; up to "
+        f"{settings.retries} retries after a failure, none spent on a preemption).\n"
+        f"  it continues the newest run of that name on volume {settings.outputs_volume}, else "
+        f"starts checkpoints/<model>/{date or dt.date.today().isoformat()}/{name}/\n"
+        f"  follow it:   modal app logs -f {app_id}\n"
+        f"  stop it:     modal app stop {app_id}\n"
+        f"  continue it later (same command, same name):\n    {again}"
+    )
+
+
+def report(result: dict[str, Any], again: str, volume: str, mount: str, entrypoint: str) -> None:
+    """Print how the run ended and the commands to use it; exit non-zero unless it finished."""
+    if result["status"] == "refused":
+        raise SystemExit(f"tinycats: the run was refused, and not retried: {result['error']}")
+    if result["status"] != "finished":
+        raise SystemExit(
+            f"tinycats: the run stopped after Modal's retries: {result['error']}\n"
+            f"  continue it from its last checkpoint: {again}"
+        )
+    run_dir = str(Path(result["run_dir"]).relative_to(mount))
+    metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result["metrics"].items()))
+    fetch = fetch_commands(volume, run_dir, result["run_bytes"], result["run_files"])
+    print(
+        f"Finished {run_dir} at step {result['global_step']} in {result['attempts']} "
+        f"attempt(s): {metrics or 'no metrics'}\n"
+        f"  fetch it ({result['run_bytes'] / 1e9:.2f} GB):  {fetch[0]}"
+    )
+    if len(fetch) > 1:
+        print(f"  or only last.ckpt, the summary, metrics and sample grids:\n    {fetch[1]}")
+    print(f"  sample it: modal run {entrypoint}::sample --run {run_dir}  (DiT runs)")
 
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -1,24 +1,33 @@
-"""AttemptDeadline: stop training at a step boundary once a wall-clock time has passed.
+"""AttemptDeadline: end training at a step boundary early enough for an attempt to end in time.
 
-A Modal attempt has a timeout; training that is still running then is killed and loses the
-steps since its last checkpoint. This callback ends ``fit`` cleanly a little earlier instead, so
-the checkpoint callback writes ``last.ckpt`` at the step reached. Lightning's own ``max_time``
-counts the whole run across resumes (its Timer is saved in checkpoints); this counts one process.
+A Modal attempt has a timeout; training still running then is killed and loses the steps since
+its last checkpoint. This callback ends ``fit`` cleanly before, so the checkpoint callback writes
+``last.ckpt`` at the step reached. What follows the last step (a validation, a sample grid, the
+checkpoint write and commit) takes time that depends on the model, the data and the GPU, so it is
+measured: the longest stretch between two step ends seen so far holds all of these (the first
+stretch after the start is left out: it holds the start-up). Training stops after the first step
+from which twice that stretch would pass the end. Lightning's own ``max_time`` counts the whole
+run across resumes (its Timer is saved in checkpoints); this counts one process.
 """
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+RESERVE_STRETCHES = 2  # what may follow the last step, in units of the longest stretch seen
+
 
 class AttemptDeadline(Callback):
-    """Ask the trainer to stop after the first step that ends past ``stop_at`` (Unix seconds)."""
+    """Ask the trainer to stop once what may follow a step would not end before ``end_at``."""
 
-    def __init__(self, stop_at: float) -> None:
-        self.stop_at = stop_at
+    def __init__(self, end_at: float, clock: Callable[[], float] = time.time) -> None:
+        self.end_at, self.clock = end_at, clock
         self.reached = False
+        self.longest_stretch = 0.0
+        self._last_step_end: float | None = None
 
     def on_train_batch_end(
         self,
@@ -28,8 +37,13 @@ class AttemptDeadline(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
+        now = self.clock()
+        if self._last_step_end is not None:
+            self.longest_stretch = max(self.longest_stretch, now - self._last_step_end)
+        self._last_step_end = now
+        reserve = RESERVE_STRETCHES * self.longest_stretch
         # Rank 0's clock decides for every rank, so all of them stop after the same step.
-        past = trainer.strategy.broadcast(time.time() >= self.stop_at)
+        past = trainer.strategy.broadcast(now + reserve >= self.end_at)
         if past and not _last_step(trainer, batch_idx):
             self.reached = True
             trainer.should_stop = True
