@@ -24,6 +24,7 @@ from modal_proto import api_pb2
 from tinycats import attempt, launch
 from tinycats.attempt import Launch
 from tinycats.errors import EXIT_INTERRUPTED, TinyCatsError
+from tinycats.runs import ledger
 from tinycats.runs.deadline import AttemptDeadline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -456,3 +457,39 @@ def test_a_failed_call_that_moved_the_run_on_is_called_again(
         assert done["status"] == "finished" and done["calls"] == 2
     else:
         assert done["status"] == "failed" and "Function timed out" in done["error"]
+
+
+# --- The ledger: a Modal attempt tells the training what it costs -----------------------------
+
+
+def test_an_attempt_on_modal_gives_the_ledger_its_start_gpu_and_price(tmp_path, monkeypatch):
+    for name in (ledger.STARTED_ENV, ledger.GPU_ENV, ledger.PRICE_ENV):
+        monkeypatch.delenv(name, raising=False)
+    seen = {}
+
+    def training(args: list[str]) -> dict:
+        seen.update({name: os.environ[name] for name in (ledger.STARTED_ENV, ledger.GPU_ENV)})
+        seen["price"] = os.environ[ledger.PRICE_ENV]
+        return {"status": "finished", "run_dir": "", "global_step": 1, "metrics": {}}
+
+    storage = attempt.Storage(str(tmp_path / "outputs"), str(tmp_path / "data"), no_op, no_op)
+    box = attempt.Container(storage, "H100:2", 1, 3600, started=1234.5)  # one GPU seen: no DDP
+    attempt.run_attempt(Launch(CONFIG, (), "tiny", RUN_DATE), "c", box, training, KeyError)
+    assert seen == {
+        ledger.STARTED_ENV: "1234.5",
+        ledger.GPU_ENV: "H100:2",
+        "price": str(2 * launch.GPU_DOLLARS_PER_HOUR["H100"]),
+    }
+
+
+def test_the_end_of_a_run_says_what_it_cost(capsys) -> None:
+    figures = {"attempts": 3, "paid_s": 7200.0, "productive_s": 6000.0, "goodput": 0.8333}
+    figures |= {"lost_steps": 120, "lost_s": 300.0, "cost_usd": 1.6}
+    result = {"status": "finished", "run_dir": "/outputs/checkpoints/dit/2026-01-02/a"}
+    result |= {"global_step": 9, "metrics": {}, "attempts": 3, "run_bytes": 10, "run_files": []}
+    launch.report({**result, "ledger": figures}, "again", "vol", "/outputs", "remote.py")
+    said = capsys.readouterr().out
+    assert (
+        "goodput 83.3%, 3 attempt(s), 120 step(s) redone (5 min 00 s), 2 h 00 min paid, $1.60"
+        in said
+    )

@@ -34,6 +34,7 @@ from tinycats.errors import (
     TinyCatsError,
     TransientError,
 )
+from tinycats.runs import ledger
 
 Train = Callable[[list[str]], dict[str, Any]]
 
@@ -77,6 +78,7 @@ class Container:
     gpu: str
     gpus: int
     timeout_s: int
+    started: float = 0.0  # Unix time the container started: the attempt is paid from then
 
 
 # ## Finding the run
@@ -233,6 +235,8 @@ def run_attempt(
             if other := lease.other_holder():
                 return refuse_busy(run, other)
             record = AttemptRecord(run, box.gpu, box.storage.commit_outputs)
+            price = checks.gpu_dollars_per_hour(box.gpu)
+            os.environ.update(ledger.attempt_environment(box.started or clock(), box.gpu, price))
             with lease.held():
                 summary = train_run(launch, run, box, end_at, train)
     except BaseException as failure:

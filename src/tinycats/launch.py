@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from tinycats.runs import ledger
+
 # ## GPUs, timeouts and retries (Modal's documented values, FACTS.md)
 
 GPU_TYPES = (
@@ -362,6 +364,8 @@ def report(result: dict[str, Any], again: str, volume: str, mount: str, entrypoi
     if len(fetch) > 1:
         print(f"  or only last.ckpt, the summary, metrics and sample grids:\n    {fetch[1]}")
     print(f"  sample it: modal run {entrypoint}::sample --run {run_dir}  (DiT runs)")
+    if result.get("ledger"):
+        print(f"  what it cost: {ledger.describe(result['ledger'])}")
 
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")

@@ -98,6 +98,7 @@ class Runner:
     @modal.enter()
     def start(self) -> None:
         """Import the training stack and initialise CUDA before the first input arrives."""
+        self.started = time.time()  # the ledger counts the attempt's paid time from here
         import torch
 
         from tinycats.cli import show_logs  # torch, Lightning, torchvision, our models and data
@@ -120,7 +121,7 @@ class Runner:
         def train(args: list[str]) -> dict:
             return run_cli(args, STORAGE.commit_outputs, STORAGE.commit_data)
 
-        box = attempt.Container(STORAGE, SETTINGS.gpu, self.gpus, SETTINGS.timeout_s)
+        box = attempt.Container(STORAGE, SETTINGS.gpu, self.gpus, SETTINGS.timeout_s, self.started)
         return attempt.run_attempt(job, holder, box, train, modal.exception.InputCancellation)
 
     @modal.method()
@@ -236,6 +237,25 @@ def sample(
         raise SystemExit(f"tinycats: {drawn['error']}")
     Path(out).write_bytes(drawn["png"])
     print(f"Saved the samples of {run} to {out}")
+
+
+# `modal run src/tinycats/remote.py::runs` shows where every run on the volume stands (step,
+# attempts, goodput, lost work, cost so far, state) without the dashboard or a fetch.
+
+
+@app.function(volumes={STORAGE.outputs: outputs_volume}, env=SETTINGS.env(), timeout=5 * 60)
+def run_table() -> str:
+    """The `tinycats runs` table of the outputs volume, from its newest commit."""
+    from tinycats.commands.runs import table_of
+
+    reload_outputs()
+    return table_of(Path(STORAGE.outputs))
+
+
+@app.local_entrypoint()
+def runs() -> None:
+    """Print every run on the outputs volume: progress, attempts, goodput, lost work, cost."""
+    print(run_table.remote())
 
 
 # ## Serving: `tinycats serve` deployed, and TensorBoard over the outputs volume

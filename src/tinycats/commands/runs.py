@@ -26,7 +26,12 @@ def runs(outputs: Path = Path("outputs")) -> None:
     Args:
         outputs: the outputs folder (run.outputs of the configs).
     """
-    print(ledger.table(run_row(run, Path(outputs)) for run in all_runs(Path(outputs))))
+    print(table_of(Path(outputs)))
+
+
+def table_of(outputs: Path) -> str:
+    """The table of every run under ``outputs``."""
+    return ledger.table(run_row(run, outputs) for run in all_runs(outputs))
 
 
 def run_row(run: RunDir, outputs: Path) -> dict[str, Any]:

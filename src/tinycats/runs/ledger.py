@@ -35,6 +35,12 @@ GPU_ENV = "TINYCATS_ATTEMPT_GPU"  # e.g. "L4" or "H100:4"; empty locally
 PRICE_ENV = "TINYCATS_ATTEMPT_USD_PER_HOUR"  # the attempt's price per hour, all GPUs together
 
 
+def attempt_environment(started: float, gpu: str, usd_per_hour: float | None) -> dict[str, str]:
+    """What a launcher puts in the environment of the attempt it starts."""
+    price = "" if usd_per_hour is None else str(usd_per_hour)
+    return {STARTED_ENV: repr(started), GPU_ENV: gpu, PRICE_ENV: price}
+
+
 @dataclass
 class Attempt:
     """One attempt's record. Times are Unix seconds; durations are seconds."""
