@@ -104,7 +104,6 @@ class Runner:
         from tinycats.cli import show_logs  # torch, Lightning, torchvision, our models and data
 
         show_logs()
-        torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them
         self.gpus = torch.cuda.device_count()
         if self.gpus == 1:
             attempt.warm_up_cuda(torch)
@@ -262,13 +261,10 @@ def runs() -> None:
 #
 #     modal deploy src/tinycats/remote.py      then open the URLs it prints (Modal login needed)
 #
-# `Server` is the page and JSON API of `tinycats serve` over the runs on the outputs volume. A
-# container stays warm TINYCATS_SERVE_WARM_S seconds after its last request; its cold start is
-# cut by a memory snapshot of the imports and the CPU-side model loading (`snap=True`), after
-# which a restored container only moves the models to its GPU. Web endpoints ask for Modal's
-# proxy-auth headers (a workspace token); TINYCATS_SERVE_PUBLIC=1 makes them public, and then each
-# client address has a budget of requests and drawings a minute. However many requests come, at
-# most TINYCATS_SERVE_MAX_CONTAINERS GPUs are rented: `modal deploy` prints what that costs an hour.
+# `Server` is `tinycats serve` over the outputs volume's runs, warm TINYCATS_SERVE_WARM_S s after
+# a request; a memory snapshot keeps its imports and CPU-side models (`snap=True`). Endpoints ask
+# for Modal's proxy auth unless TINYCATS_SERVE_PUBLIC=1, which gives each client address a budget
+# a minute. At most TINYCATS_SERVE_MAX_CONTAINERS GPUs are rented; `modal deploy` prints the cost.
 
 if modal.is_local() and sys.argv[1:2] in (["deploy"], ["serve"]):  # the commands that start it
     cost = launch.serving_cost(SETTINGS.serve_gpu, SETTINGS.serve_max_containers)
