@@ -96,7 +96,8 @@ class VolumeCheckpointIO(TorchCheckpointIO):
             raise
 
     def _write(self, checkpoint: dict[str, Any], path: Path) -> None:
-        with _refusing_a_full_disk(path, lambda: sum(t.nbytes for t in _tensors(checkpoint))):
+        with _cleaning_up(path, lambda: sum(t.nbytes for t in _tensors(checkpoint))):
+            path.parent.mkdir(parents=True, exist_ok=True)
             with _partial(path).open("wb") as file:
                 writer = checksums.HashingWriter(file)
                 torch.save(checkpoint, writer)
@@ -105,7 +106,7 @@ class VolumeCheckpointIO(TorchCheckpointIO):
         self.commit()
 
     def _link(self, source: Path, target: Path) -> None:
-        with _refusing_a_full_disk(target, lambda: source.stat().st_size):
+        with _cleaning_up(target, lambda: source.stat().st_size):
             _partial(target).unlink(missing_ok=True)
             try:
                 os.link(source, _partial(target))  # no bytes written where hard links exist
@@ -148,15 +149,15 @@ def _partial(path: Path) -> Path:
 
 
 @contextmanager
-def _refusing_a_full_disk(path: Path, needed_bytes: Callable[[], int]) -> Iterator[None]:
-    """Turn a full disk into OutOfSpace, after removing the half-written files."""
+def _cleaning_up(path: Path, needed_bytes: Callable[[], int]) -> Iterator[None]:
+    """Remove the half-written files of a failed write; a full disk becomes OutOfSpace."""
     try:
         yield
-    except OSError as error:
-        if error.errno not in NO_SPACE:
-            raise
+    except BaseException as error:
         for leftover in (_partial(path), _partial(checksums.checksum_path(path))):
             leftover.unlink(missing_ok=True)
+        if not _out_of_space(error):
+            raise
         free = shutil.disk_usage(path.parent).free
         raise OutOfSpace(
             f"No space left to write {path.name} in {path.parent}: a checkpoint needs about "
@@ -164,3 +165,12 @@ def _refusing_a_full_disk(path: Path, needed_bytes: Callable[[], int]) -> Iterat
             "checkpoints already written are intact. Free space there (or lower "
             "checkpoint.keep_last, or point run.outputs elsewhere), then run again to continue."
         ) from error
+
+
+def _out_of_space(error: BaseException | None) -> bool:
+    """Whether a full disk caused ``error`` (torch.save re-raises it as a RuntimeError)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in NO_SPACE:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
