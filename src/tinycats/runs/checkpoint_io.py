@@ -124,13 +124,20 @@ class VolumeCheckpointIO(TorchCheckpointIO):
         self.commit()
 
 
-def to_host(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``checkpoint`` in host memory that training can no longer change."""
-    on_device = {
-        id(t): t.detach().to("cpu") for t in _tensors(checkpoint) if t.device.type != "cpu"
-    }
-    # deepcopy keeps what torch.save relies on: state_dict metadata, tensors sharing storage.
-    return copy.deepcopy(checkpoint, on_device)
+def to_host(value: Any) -> Any:
+    """A copy of a checkpoint in host memory that training can no longer change: its tensors
+    copied, its dicts, lists and tuples rebuilt (a state_dict's ``_metadata`` kept), the rest
+    (numbers, strings) shared."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        copied = type(value)((key, to_host(item)) for key, item in value.items())
+        if hasattr(value, "_metadata"):  # what load_state_dict reads a module's version from
+            copied._metadata = copy.deepcopy(value._metadata)
+        return copied
+    if isinstance(value, list | tuple) and not hasattr(value, "_fields"):
+        return type(value)(to_host(item) for item in value)
+    return value
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:
