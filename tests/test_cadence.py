@@ -29,7 +29,9 @@ class Clock(L.Callback):
         self.now += SECONDS_PER_STEP
 
 
-def _steps_saved(tmp_path: Path, monkeypatch, policy: CheckpointPolicy, max_steps: int) -> list[int]:
+def _steps_saved(
+    tmp_path: Path, monkeypatch, policy: CheckpointPolicy, max_steps: int
+) -> list[int]:
     clock = Clock()
     for module in (model_checkpoint, checkpointing):
         monkeypatch.setattr(module, "time", clock)
