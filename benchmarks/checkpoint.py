@@ -7,10 +7,11 @@ The costs come from the step split's fit (benchmarks/step_split.py), which check
 step and keeps five: the median over the timed steps of the checkpoint callback's time, against
 the median step without it. The warm-up steps, whose first save also creates the folder, are
 left out. The stalls (``save_stalls``) are timed inside a fit, after one training step (so the
-optimizer state exists), on the device: ``trainer.save_checkpoint`` through the writer
-(runs/checkpoint_io.py) writing on the training thread and in the background, interleaved, the
-median of a few; each background save is waited for before the next, as a checkpoint interval
-longer than a write does. Beside them: the background write's own time, the SHA-256 of the
+optimizer state exists), on the device: ``trainer.save_checkpoint`` through two writers
+(runs/checkpoint_io.py), one writing on the training thread and one in the background,
+interleaved, the median of a few after one warm-up save each (the background writer's first save
+allocates the host buffers it reuses); each background save is waited for before the next, as a
+checkpoint interval longer than a write does. Beside them: the background write's own time, the SHA-256 of the
 file's bytes (already in memory: what hashing adds to a save), and the copy of the step file
 into last.ckpt that every checkpoint paid before last.ckpt was written at stops only. The resume
 latency is a fresh ``tinycats fit`` process that continues a finished one-step tiny-classifier
@@ -60,34 +61,39 @@ class _MeasureSaves(L.Callback):
         self.size = 0
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for repeat in range(REPEATS):
-            for background in (False, True):  # interleaved: the machine's drift hits both
-                self._save(trainer, background, self.folder / f"{background}-{repeat}.ckpt")
+        writers = {background: VolumeCheckpointIO(no_commit, background) for background in (0, 1)}
+        for repeat in range(1 + REPEATS):  # the first: warm-up (the host buffers are allocated)
+            for background, writer in writers.items():  # interleaved: drift hits both alike
+                self._save(trainer, writer, self.folder / f"{background}.ckpt", noted=repeat > 0)
 
-    def _save(self, trainer: L.Trainer, background: bool, path: Path) -> None:
-        writer = VolumeCheckpointIO(no_commit, background=background)
+    def _save(
+        self, trainer: L.Trainer, writer: VolumeCheckpointIO, path: Path, noted: bool
+    ) -> None:
         trainer.strategy.checkpoint_io = writer
         start = time.perf_counter()
         trainer.save_checkpoint(path)
         stalled = time.perf_counter() - start
         writer.wait()
-        self._note("asynchronous" if background else "synchronous", stalled)
-        if background:
-            self._note("background_write", time.perf_counter() - start)
+        written = time.perf_counter() - start
+        if writer.background:
+            self._note("asynchronous", stalled, noted)
+            self._note("background_write", written, noted)
             return
+        self._note("synchronous", stalled, noted)
         data = path.read_bytes()
         start = time.perf_counter()
         hashlib.sha256(data).hexdigest()
-        self._note("sha256", time.perf_counter() - start)
+        self._note("sha256", time.perf_counter() - start, noted)
         start = time.perf_counter()
         shutil.copyfile(path, path.with_name("last.ckpt"))
-        self._note("last_copy", time.perf_counter() - start)
+        self._note("last_copy", time.perf_counter() - start, noted)
         self.size = len(data)
-        for written in self.folder.glob("*.ckpt*"):
-            written.unlink()
+        for written_file in self.folder.glob("*.ckpt*"):
+            written_file.unlink()
 
-    def _note(self, name: str, seconds: float) -> None:
-        self.times.setdefault(name, []).append(seconds)
+    def _note(self, name: str, seconds: float, noted: bool) -> None:
+        if noted:
+            self.times.setdefault(name, []).append(seconds)
 
 
 def save_stall(workload: Workload, setup: Setup) -> SaveStall:

@@ -151,3 +151,17 @@ def test_the_sha256_is_hashed_while_writing_and_matches_the_file(tmp_path: Path)
     writer.save_checkpoint({"state_dict": BoringModel().state_dict()}, path)
     assert checksums.recorded(path) == checksums.file_sha256(path)
     assert (tmp_path / "step=00000001.ckpt.sha256").read_text().endswith("  step=00000001.ckpt\n")
+
+
+def test_a_background_save_holds_the_state_at_the_call_though_training_goes_on(
+    tmp_path: Path, monkeypatch
+) -> None:
+    _slow_saves(monkeypatch, 0.2)  # the write happens well after training changed the weights
+    writer, weight = VolumeCheckpointIO(no_commit), torch.zeros(3)
+    for step in (1, 2):  # the second save reuses the first one's host buffers
+        writer.save_checkpoint({"state_dict": {"w": weight}}, tmp_path / f"{step}.ckpt")
+        weight.add_(1.0)  # the next training step, while the save is in flight
+    writer.teardown()
+    for step in (1, 2):
+        saved = torch.load(tmp_path / f"{step}.ckpt", weights_only=True)["state_dict"]["w"]
+        assert torch.equal(saved, torch.full((3,), step - 1.0))

@@ -47,13 +47,16 @@ class VolumeCheckpointIO(TorchCheckpointIO):
         self._executor: ThreadPoolExecutor | None = None
         self._queued: list[Future] = []
         self._failed = False
+        self._to_host = HostCopy()
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
     ) -> None:
         start = time.perf_counter()
         self.wait()
-        self._queue(self._write, to_host(checkpoint) if self.background else checkpoint, Path(path))
+        self._queue(
+            self._write, self._to_host(checkpoint) if self.background else checkpoint, Path(path)
+        )
         self.stall_seconds += time.perf_counter() - start
 
     def remove_checkpoint(self, path: str | Path) -> None:
@@ -124,19 +127,45 @@ class VolumeCheckpointIO(TorchCheckpointIO):
         self.commit()
 
 
-def to_host(value: Any) -> Any:
-    """A copy of a checkpoint in host memory that training can no longer change: its tensors
-    copied, its dicts, lists and tuples rebuilt (a state_dict's ``_metadata`` kept), the rest
-    (numbers, strings) shared."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        copied = type(value)((key, to_host(item)) for key, item in value.items())
-        if hasattr(value, "_metadata"):  # what load_state_dict reads a module's version from
-            copied._metadata = copy.deepcopy(value._metadata)
+class HostCopy:
+    """Copies a checkpoint into host memory that training can no longer change.
+
+    The tensors go into the buffers of the previous save's copy (free again: at most one save
+    is in flight), pinned when they come from a GPU, so after the first save a copy allocates
+    nothing; dicts, lists and tuples are rebuilt (a state_dict's ``_metadata`` kept); numbers
+    and strings are shared.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: list[torch.Tensor] = []
+
+    def __call__(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
+        spare, used = iter(self._buffers), []
+
+        def copy_tensor(tensor: torch.Tensor) -> torch.Tensor:
+            buffer = next(spare, None)
+            if buffer is None or buffer.shape != tensor.shape or buffer.dtype != tensor.dtype:
+                buffer = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=tensor.is_cuda)
+            used.append(buffer.copy_(tensor.detach(), non_blocking=tensor.is_cuda))
+            return buffer
+
+        copied = _rebuilt(checkpoint, copy_tensor)
+        if torch.cuda.is_initialized():
+            torch.cuda.synchronize()  # the non-blocking copies from the GPU have landed
+        self._buffers = used
         return copied
+
+
+def _rebuilt(value: Any, copy_tensor: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    if isinstance(value, torch.Tensor):
+        return copy_tensor(value)
+    if isinstance(value, dict):
+        rebuilt = type(value)((key, _rebuilt(item, copy_tensor)) for key, item in value.items())
+        if hasattr(value, "_metadata"):  # what load_state_dict reads a module's version from
+            rebuilt._metadata = copy.deepcopy(value._metadata)
+        return rebuilt
     if isinstance(value, list | tuple) and not hasattr(value, "_fields"):
-        return type(value)(to_host(item) for item in value)
+        return type(value)(_rebuilt(item, copy_tensor) for item in value)
     return value
 
 
