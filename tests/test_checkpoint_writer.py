@@ -165,3 +165,13 @@ def test_a_background_save_holds_the_state_at_the_call_though_training_goes_on(
     for step in (1, 2):
         saved = torch.load(tmp_path / f"{step}.ckpt", weights_only=True)["state_dict"]["w"]
         assert torch.equal(saved, torch.full((3,), step - 1.0))
+
+
+def test_a_replaced_checkpoint_never_keeps_the_checksum_of_the_file_before(tmp_path: Path) -> None:
+    writer = VolumeCheckpointIO(no_commit, background=False)
+    last, old_step = tmp_path / "last.ckpt", tmp_path / "step=00000001.ckpt"
+    writer.save_checkpoint({"global_step": 0}, last)
+    torch.save({"global_step": 1}, old_step)  # written before checksums: no .sha256
+    writer.keep_as(old_step, last)
+    assert checksums.damage(last) is None  # unverified, not passed over as damaged
+    assert torch.load(last, weights_only=True)["global_step"] == 1

@@ -104,7 +104,7 @@ class VolumeCheckpointIO(TorchCheckpointIO):
             with _partial(path).open("wb") as file:
                 writer = checksums.HashingWriter(file)
                 torch.save(checkpoint, writer)
-            os.replace(_partial(path), path)
+            _replace(_partial(path), path)
             checksums.record(path, writer.sha256.hexdigest())
         self.commit()
 
@@ -115,7 +115,7 @@ class VolumeCheckpointIO(TorchCheckpointIO):
                 os.link(source, _partial(target))  # no bytes written where hard links exist
             except OSError:
                 shutil.copyfile(source, _partial(target))
-            os.replace(_partial(target), target)
+            _replace(_partial(target), target)
             digest = checksums.recorded(source)
             if digest:
                 checksums.record(target, digest)
@@ -178,6 +178,13 @@ def _tensors(value: Any) -> Iterator[torch.Tensor]:
     elif isinstance(value, list | tuple):
         for item in value:
             yield from _tensors(item)
+
+
+def _replace(partial: Path, path: Path) -> None:
+    """Rename ``partial`` to ``path``, dropping the checksum of the file it replaces first (a
+    file without one is accepted unverified; one with a stale one would be passed over)."""
+    checksums.checksum_path(path).unlink(missing_ok=True)
+    os.replace(partial, path)
 
 
 def _partial(path: Path) -> Path:
