@@ -150,6 +150,7 @@ def test_the_sha256_is_hashed_while_writing_and_matches_the_file(tmp_path: Path)
     path = tmp_path / "step=00000001.ckpt"
     writer.save_checkpoint({"state_dict": BoringModel().state_dict()}, path)
     assert checksums.recorded(path) == checksums.file_sha256(path)
+    assert writer.stall_seconds >= writer.write_seconds > 0  # written on the training thread
     assert (tmp_path / "step=00000001.ckpt.sha256").read_text().endswith("  step=00000001.ckpt\n")
 
 

@@ -37,13 +37,16 @@ class VolumeCheckpointIO(TorchCheckpointIO):
     """Writes, renames, checksums and commits each checkpoint, then prunes, in that order.
 
     ``stall_seconds`` counts the time the training thread spent in saves (copying to host memory
-    and waiting for the save before); ``background=False`` writes on the training thread.
+    and waiting for the save before); ``write_seconds`` is the newest save's write, rename,
+    checksum and commit (what a stop waits for at most); ``background=False`` writes on the
+    training thread.
     """
 
     def __init__(self, commit: Callable[[], None], background: bool = True) -> None:
         self.commit = commit
         self.background = background
         self.stall_seconds = 0.0
+        self.write_seconds = 0.0
         self._executor: ThreadPoolExecutor | None = None
         self._queued: list[Future] = []
         self._failed = False
@@ -99,6 +102,7 @@ class VolumeCheckpointIO(TorchCheckpointIO):
             raise
 
     def _write(self, checkpoint: dict[str, Any], path: Path) -> None:
+        start = time.perf_counter()
         with _cleaning_up(path, lambda: sum(t.nbytes for t in _tensors(checkpoint))):
             path.parent.mkdir(parents=True, exist_ok=True)
             with _partial(path).open("wb") as file:
@@ -107,6 +111,7 @@ class VolumeCheckpointIO(TorchCheckpointIO):
             _replace(_partial(path), path)
             checksums.record(path, writer.sha256.hexdigest())
         self.commit()
+        self.write_seconds = time.perf_counter() - start
 
     def _link(self, source: Path, target: Path) -> None:
         with _cleaning_up(target, lambda: source.stat().st_size):
