@@ -92,7 +92,7 @@ def main() -> None:
         "## Training throughput (`benchmarks/throughput.py`)\n\n" + throughput.table(speeds, peaks),
         "## Step split (`benchmarks/step_split.py`)\n\n" + step_split.table(splits),
         "## Checkpoints (`benchmarks/checkpoint.py`)\n\n"
-        + checkpoint.stall_table(stalls)
+        + checkpoint.format_stalls(stalls)
         + "\n\n"
         + checkpoint.table(splits, resume),
         "## Data pipeline (`benchmarks/data_pipeline.py`)\n\n" + data_pipeline.table(pipelines),

@@ -121,17 +121,23 @@ def save_stalls(setup: Setup) -> list[SaveStall]:
     return [save_stall(workload, setup) for workload in setup.workloads]
 
 
+def stall_table(setup: Setup) -> str:
+    """The stall table, synchronous vs asynchronous, of every workload of ``setup`` (what
+    ``benchmarks.gpu`` calls)."""
+    return format_stalls(save_stalls(setup))
+
+
 def compare_save_stalls(configs: list[str] | None = None, quick: bool = False) -> str:
-    """The stall table, synchronous vs asynchronous, for ``configs`` (default: DiT-S/4 and the
-    classifier) on this machine's device: the one call a GPU check needs."""
+    """The stall table for ``configs`` (default: DiT-S/4 and the classifier) on this machine's
+    device, preparing their data itself."""
     with prepare(quick, configs or (None if quick else STALL_CONFIGS)) as setup:
-        return stall_table(save_stalls(setup))
+        return stall_table(setup)
 
 
 STALL_CONFIGS = ("configs/dit.yaml", "configs/classifier.yaml")
 
 
-def stall_table(rows: list[SaveStall]) -> str:
+def format_stalls(rows: list[SaveStall]) -> str:
     """One row per config: what a save stalls training, both ways, and what hashing adds."""
     header = [
         "config",
@@ -233,7 +239,7 @@ def main() -> None:
     with prepare(args.quick, args.configs) as setup:
         stalls = save_stalls(setup)
         rows = step_split.measure(setup)
-    print(f"{stall_table(stalls)}\n\n{table(rows, resume_latency())}")
+    print(f"{format_stalls(stalls)}\n\n{table(rows, resume_latency())}")
 
 
 if __name__ == "__main__":

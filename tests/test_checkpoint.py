@@ -14,6 +14,7 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 
 from tinycats.cli import run_cli
 from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints, no_commit
+from tinycats.runs.resume import newest_first, resumable_checkpoints
 from tinycats.runs.run_dir import RunSpec, resolve_run_dir
 
 TINY = "tests/configs/classifier_tiny.yaml"
@@ -217,3 +218,38 @@ def test_two_process_ddp_trains_and_only_rank_zero_commits(
     assert ranks and set(ranks) == {"0"}
     last = next(tmp_path.rglob("last.ckpt"))
     assert torch.load(last, weights_only=False)["global_step"] == 4
+
+
+class CrashAtStep(BoringModel):
+    """Raises in the forward pass of step ``step``: the weights may be half-updated then."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.crash_step = step
+
+    def training_step(self, batch, batch_idx: int):
+        if self.global_step == self.crash_step:
+            raise RuntimeError("crash mid-step")
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_crash_saves_nothing_so_last_ckpt_stays_the_newest_step_file(
+    tmp_path: Path,
+) -> None:
+    callbacks = build_checkpoints(CheckpointPolicy(every_n_train_steps=2), tmp_path, no_commit)
+    trainer = L.Trainer(
+        max_steps=10,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks,
+        limit_val_batches=0,
+    )
+    with pytest.raises(RuntimeError, match="crash mid-step"):
+        trainer.fit(CrashAtStep(5))
+    # No last.ckpt (it is written at stops only): the newest step file, 4, is the resume point.
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == [
+        "step=00000002.ckpt",
+        "step=00000004.ckpt",
+    ]
+    assert newest_first(resumable_checkpoints(tmp_path))[0].name == "step=00000004.ckpt"
