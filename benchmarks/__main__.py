@@ -67,6 +67,7 @@ def main() -> None:
     with prepare(args.quick) as setup:
         speeds = throughput.measure(setup)
         splits = step_split.measure(setup)
+        stalls = checkpoint.save_stalls(setup)
         starts = [cold_start.first_step(w.config, setup, args.quick) for w in setup.workloads]
         sizes = setup.sizes
     pipelines = data_pipeline.measure(epochs=1 if args.quick else 3)
@@ -90,7 +91,10 @@ def main() -> None:
         + SUMMARY_NOTES,
         "## Training throughput (`benchmarks/throughput.py`)\n\n" + throughput.table(speeds, peaks),
         "## Step split (`benchmarks/step_split.py`)\n\n" + step_split.table(splits),
-        "## Checkpoints (`benchmarks/checkpoint.py`)\n\n" + checkpoint.table(splits, resume),
+        "## Checkpoints (`benchmarks/checkpoint.py`)\n\n"
+        + checkpoint.format_stalls(stalls)
+        + "\n\n"
+        + checkpoint.table(splits, resume),
         "## Data pipeline (`benchmarks/data_pipeline.py`)\n\n" + data_pipeline.table(pipelines),
         "## Cold start (`benchmarks/cold_start.py`)\n\n" + cold_start.table(container),
     ]

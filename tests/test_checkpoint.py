@@ -11,10 +11,10 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from tinycats.cli import run_cli
 from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints, no_commit
+from tinycats.runs.resume import newest_first, resumable_checkpoints
 from tinycats.runs.run_dir import RunSpec, resolve_run_dir
 
 TINY = "tests/configs/classifier_tiny.yaml"
@@ -45,16 +45,16 @@ def test_keeps_the_newest_five_and_commits_after_every_save_and_prune(tmp_path: 
         limit_val_batches=0,
     )
     trainer.fit(BoringModel())
-    names = sorted(p.name for p in tmp_path.iterdir())
+    names = sorted(p.name for p in tmp_path.glob("*.ckpt"))
     assert names == ["last.ckpt", *(f"step={s:08d}.ckpt" for s in range(8, 13))]
-    saves, prunes = 12 + 12, 12 - 5  # a step file and last.ckpt per step; a prune from step 6 on
+    saves, prunes = 12 + 1, 12 - 5  # a step file per step, last.ckpt at the end; a prune from 6 on
     assert len(commit.snapshots) == saves + prunes
     assert all(not any(n.endswith(".partial") for n in snapshot) for snapshot in commit.snapshots)
     assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 12
 
 
 @pytest.mark.parametrize(("max_steps", "last_step"), [(6, 6), (5, 5)])
-def test_last_ckpt_copies_the_step_file_of_its_step_instead_of_saving_again(
+def test_last_ckpt_is_written_once_at_the_end_and_links_the_step_file_of_its_step(
     tmp_path: Path, monkeypatch, max_steps: int, last_step: int
 ) -> None:
     callbacks = build_checkpoints(CheckpointPolicy(every_n_train_steps=2), tmp_path, no_commit)
@@ -67,13 +67,13 @@ def test_last_ckpt_copies_the_step_file_of_its_step_instead_of_saving_again(
         limit_val_batches=0,
     )
     serialized: list[str] = []
-    save = TorchCheckpointIO.save_checkpoint
+    save = torch.save
     monkeypatch.setattr(
-        TorchCheckpointIO,
-        "save_checkpoint",
-        lambda io, checkpoint, path, *args: (
-            serialized.append(Path(path).name),
-            save(io, checkpoint, path, *args),
+        torch,
+        "save",
+        lambda checkpoint, file, *args: (
+            serialized.append(Path(file.file.name).name),
+            save(checkpoint, file, *args),
         ),
     )
     trainer.fit(BoringModel())
@@ -83,7 +83,7 @@ def test_last_ckpt_copies_the_step_file_of_its_step_instead_of_saving_again(
     last = torch.load(tmp_path / "last.ckpt", weights_only=False)
     assert last["global_step"] == last_step
     if not max_steps % 2:
-        assert (tmp_path / "last.ckpt").read_bytes() == (tmp_path / steps[-1][:-8]).read_bytes()
+        assert (tmp_path / "last.ckpt").samefile(tmp_path / steps[-1][: -len(".partial")])
 
 
 class InterruptAtStep(L.Callback):
@@ -111,7 +111,7 @@ def test_sigint_stops_at_the_next_step_boundary_with_last_ckpt_of_that_step(tmp_
     with pytest.raises(SystemExit):  # Lightning's exit after a SIGTERM stop
         trainer.fit(BoringModel())
     assert signal.getsignal(signal.SIGINT) is handler  # put back after training
-    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "last.ckpt.sha256"]
     assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 3
 
 
@@ -183,7 +183,9 @@ def test_pruning_continues_in_the_same_directory_after_a_date_change(
         "last.ckpt",
         *(f"step={s:08d}.ckpt" for s in range(4, 9)),
     ]
-    assert len(commits) == 8 * 2 + 3 + 1  # step file + last per step, 3 prunes, the summary
+    # Attempt 1: 4 step files, last.ckpt at the stop; attempt 2: 4 step files, the stale
+    # last.ckpt removed, 3 prunes, last.ckpt at the end; the summary.
+    assert len(commits) == (4 + 1) + (4 + 1 + 3 + 1) + 1
 
 
 @pytest.mark.slow
@@ -245,7 +247,9 @@ def test_a_crash_saves_nothing_so_last_ckpt_stays_the_newest_step_file(
     )
     with pytest.raises(RuntimeError, match="crash mid-step"):
         trainer.fit(CrashAtStep(5))
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["last.ckpt", "step=00000002.ckpt", "step=00000004.ckpt"]
-    # last.ckpt is still step 4's copy: the crashed step 5 was not saved over it.
-    assert (tmp_path / "last.ckpt").read_bytes() == (tmp_path / "step=00000004.ckpt").read_bytes()
+    # No last.ckpt (it is written at stops only): the newest step file, 4, is the resume point.
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == [
+        "step=00000002.ckpt",
+        "step=00000004.ckpt",
+    ]
+    assert newest_first(resumable_checkpoints(tmp_path))[0].name == "step=00000004.ckpt"

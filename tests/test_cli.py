@@ -46,9 +46,10 @@ def test_fit_leaves_a_complete_run_directory(trained) -> None:
     _, run = trained
     names = {p.name for p in run.iterdir()}
     assert {"last.ckpt", "config.yaml", "metrics.csv", "summary.json"} <= names
-    assert sorted(n for n in names if n.startswith("step=")) == [
-        f"step={s:08d}.ckpt" for s in (2, 4, 6, 8)
-    ]
+    steps = [f"step={s:08d}.ckpt" for s in (2, 4, 6, 8)]
+    assert sorted(n for n in names if n.startswith("step=")) == sorted(
+        [*steps, *(f"{step}.sha256" for step in steps)]
+    )
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["global_step"] == 8
     assert 0 <= summary["metrics"]["val/acc"] <= 1

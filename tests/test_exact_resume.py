@@ -152,19 +152,21 @@ def test_a_stop_between_accumulated_batches_resumes_to_the_same_weights(tmp_path
             accumulate_grad_batches=2,
             callbacks=[*build_checkpoints(policy, tmp_path, no_commit), StopMidAccumulation(3)],
         )
-    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 2
+    newest = tmp_path / "step=00000002.ckpt"  # no last.ckpt: the stop wrote nothing
+    assert not (tmp_path / "last.ckpt").exists()
+    assert torch.load(newest, weights_only=False)["global_step"] == 2
     # Resumed at step 2, the first batch does not step: step 2 must not be saved again there.
     with pytest.raises(SIGTERMException):
         fit(
             tmp_path,
-            tmp_path / "last.ckpt",
+            newest,
             max_steps=5,
             accumulate_grad_batches=2,
             callbacks=[*build_checkpoints(policy, tmp_path, no_commit), StopMidAccumulation(2)],
         )
     resumed = fit(
         tmp_path,
-        tmp_path / "last.ckpt",
+        newest,
         build_checkpoints(policy, tmp_path, no_commit),
         max_steps=5,
         accumulate_grad_batches=2,

@@ -131,7 +131,7 @@ def test_resume_latest_passes_over_a_truncated_checkpoint(
     latest = [*command(tmp_path, data, pets_sample)[:-1], "--run.name=other", "--resume=latest"]
     done = subprocess.run(latest, capture_output=True, text=True, timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"Skipping checkpoint {last}: unreadable" in done.stderr
+    assert f"Skipping checkpoint {last}: its SHA-256 differs" in done.stderr
     assert "Resuming from" in done.stderr and "step=" in done.stderr
     assert not (tmp_path / "checkpoints/classifier/2026-03-04/other").exists()
     assert_same_training(final_state(tmp_path), reference)

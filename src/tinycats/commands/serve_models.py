@@ -22,7 +22,7 @@ from tinycats.models.generator import DiTGenerator
 from tinycats.models.grid import labelled_grid
 from tinycats.models.performance import autocast, choose_precision
 from tinycats.networks.augment import to_unit_range
-from tinycats.runs.loading import load_trained
+from tinycats.runs.loading import checkpoint_to_load, load_trained
 from tinycats.runs.resume import newest_first, newest_run, resumable_checkpoints
 
 KINDS = ("classifier", "dit")  # also the runs' model folders: <runs>/checkpoints/<kind>/...
@@ -163,8 +163,8 @@ class ModelStore:
 
 def _load(kind: str, path: Path, name: str) -> LoadedRun:
     """Load a classifier or a DiT from a run directory or checkpoint, in eval mode on the CPU."""
-    checkpoint = _newest_checkpoint(path)
     try:
+        checkpoint = _newest_checkpoint(path)
         model = load_trained(checkpoint, CatClassifier if kind == "classifier" else DiTGenerator)
     except TinyCatsError as err:
         raise BadRequest(422, str(err)) from err
@@ -186,12 +186,12 @@ def _load(kind: str, path: Path, name: str) -> LoadedRun:
 
 
 def _newest_checkpoint(path: Path) -> Path:
+    """The file itself, or the run's newest checkpoint that is intact (SHA-256) and readable."""
     if path.is_file():
         return path
-    found = newest_first(resumable_checkpoints(path))
-    if not found:
+    if not newest_first(resumable_checkpoints(path)):
         raise BadRequest(404, f"{path.name} holds no last.ckpt or step=*.ckpt.")
-    return found[0]
+    return checkpoint_to_load(path)
 
 
 def _global_step(checkpoint: Path) -> int:

@@ -1,35 +1,38 @@
 """VolumeCheckpoint: Lightning's ModelCheckpoint, made safe for a network volume and preemption.
 
-- Every file is written under a temporary name and renamed into place, so a kill mid-write
-  never leaves a truncated checkpoint under a real name.
-- ``commit`` (the Modal volume's commit, a no-op locally) runs on global rank 0 after each
-  completed file and after each prune: what is on the volume is always a whole checkpoint.
-- ``last.ckpt`` right after a step checkpoint of the same step is a copy of that file, not a
-  second serialisation of the model: half the work and half the bytes written per checkpoint.
+- Files are written by ``VolumeCheckpointIO`` (runs/checkpoint_io.py), the strategy's
+  ``CheckpointIO``: in the background, renamed into place whole, checksummed, then committed
+  (the Modal volume's commit, a no-op locally); prunes follow the commit.
+- ``last.ckpt`` is the state an attempt stopped at: written at a signal stop, the attempt
+  deadline and the end of training, never beside each step checkpoint (that was a second full
+  write of every checkpoint). Where a step file of that step exists, last.ckpt is a hard link
+  to it (a copy where links fail). Once this attempt writes a step file, an older last.ckpt is
+  removed: between stops the newest step file is the newest state.
 - SIGINT, Modal's preemption signal, is handled like SIGTERM: Lightning stops at the next batch
-  boundary and this callback writes ``last.ckpt`` there, so the resumed run is exact.
-
-The first three live in ``VolumeCheckpointIO``, the strategy's ``CheckpointIO`` (Lightning
-calls it on rank 0 for every write and prune); the callback uses public hooks only.
+  boundary and this callback writes ``last.ckpt`` there, so the resumed run is exact. A stop
+  and the end of training wait for the save in flight.
+- The cadence is every N steps, every M minutes, or chosen from the measured save stall and
+  the expected time between preemptions (``runs/cadence.py``).
 """
 
+import datetime as dt
 import logging
 import os
-import shutil
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from tinycats.errors import TinyCatsError
+from tinycats.runs.cadence import young_daly_seconds
+from tinycats.runs.checkpoint_io import VolumeCheckpointIO
 
 log = logging.getLogger(__name__)
 
@@ -41,63 +44,38 @@ def no_commit() -> None:
     """The local stand-in for a volume commit."""
 
 
-class VolumeCheckpointIO(CheckpointIO):
-    """Writes checkpoints atomically and commits after each write and removal (rank 0 only).
+class VolumeCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint with background writes, a commit hook and a clean stop on SIGINT/SIGTERM.
 
-    A ``last.ckpt`` of the same global step as the file written just before it is a copy of
-    that file. Wraps the strategy's own ``CheckpointIO``, which serialises and loads.
+    ``save_last`` means last.ckpt at each stop (see above); ``mean_minutes_between_preemptions``
+    (0: off) switches, after the first save, to the Young–Daly interval from its measured stall.
     """
 
-    def __init__(self, inner: CheckpointIO, commit: Callable[[], None]) -> None:
-        self.inner = inner
-        self.commit = commit
-        self._previous: tuple[str, int] | None = None  # (path, global step) of the last write
-
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    def __init__(
+        self,
+        *args: Any,
+        commit: Callable[[], None] = no_commit,
+        save_last: bool = False,
+        mean_minutes_between_preemptions: float = 0.0,
+        **kwargs: Any,
     ) -> None:
-        path, step = str(path), checkpoint.get("global_step")
-        partial = f"{path}.partial"
-        previous = self._previous
-        if Path(path).name == LAST and previous and previous[1] == step and previous[0] != path:
-            shutil.copyfile(previous[0], partial)
-        else:
-            self.inner.save_checkpoint(checkpoint, partial, storage_options)
-        os.replace(partial, path)
-        self._previous = (path, step)
-        self.commit()
-
-    def load_checkpoint(self, path: str | Path, map_location: Any = None, **kwargs: Any) -> Any:
-        return self.inner.load_checkpoint(path, map_location, **kwargs)
-
-    def remove_checkpoint(self, path: str | Path) -> None:
-        self.inner.remove_checkpoint(path)
-        self.commit()
-
-    def teardown(self) -> None:
-        self.inner.teardown()
-
-
-class VolumeCheckpoint(ModelCheckpoint):
-    """A ModelCheckpoint with atomic writes, a commit hook and a clean stop on SIGINT/SIGTERM."""
-
-    def __init__(self, *args: Any, commit: Callable[[], None] = no_commit, **kwargs: Any) -> None:
-        super().__init__(*args, enable_version_counter=False, **kwargs)
+        super().__init__(*args, enable_version_counter=False, save_last=False, **kwargs)
         self.commit = commit
+        self.keeps_last = save_last
+        self.mean_minutes_between_preemptions = mean_minutes_between_preemptions
         self._previous_sigint: Any = None
-        self._last_saved_step = -1  # the step of the last.ckpt this process serialised itself
+        self._stale_last = False  # a last.ckpt older than the step files this attempt writes
+        self._last_saved_step = -1  # the step of the last.ckpt this process wrote
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        strategy = trainer.strategy
-        if not isinstance(strategy.checkpoint_io, VolumeCheckpointIO):
-            strategy.checkpoint_io = VolumeCheckpointIO(
-                strategy.checkpoint_io or TorchCheckpointIO(), self.commit
-            )
+        if not isinstance(trainer.strategy.checkpoint_io, VolumeCheckpointIO):
+            trainer.strategy.checkpoint_io = VolumeCheckpointIO(self.commit)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
-        if self.save_last and _in_main_thread():
+        self._stale_last = self.keeps_last and (Path(self.dirpath or ".") / LAST).exists()
+        if self.keeps_last and _in_main_thread():
             # Forward SIGINT to SIGTERM, which Lightning turns into a stop at a batch boundary.
             self._previous_sigint = signal.signal(
                 signal.SIGINT, lambda *_: os.kill(os.getpid(), signal.SIGTERM)
@@ -124,8 +102,17 @@ class VolumeCheckpoint(ModelCheckpoint):
         # Lightning saves by global step, which stays put between the batches of an accumulated
         # step; right after a resume it would save that step again mid-accumulation, without the
         # gradients summed so far.
-        if not _between_accumulated_batches(trainer):
-            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if _between_accumulated_batches(trainer):
+            return
+        newest, stall = self.best_model_path, _writer(trainer).stall_seconds
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.best_model_path == newest:
+            return  # nothing saved at this step
+        if self._stale_last:
+            trainer.strategy.remove_checkpoint(Path(self.dirpath or ".") / LAST)
+            self._stale_last = False
+        if self.mean_minutes_between_preemptions:
+            self._choose_interval(_writer(trainer).stall_seconds - stall)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -133,6 +120,7 @@ class VolumeCheckpoint(ModelCheckpoint):
         # Only a signal stops at a known batch boundary; after any other error the state may be
         # half-updated, and the last periodic checkpoint is the safer place to resume from.
         if not isinstance(exception, SIGTERMException) or trainer.sanity_checking:
+            _finish_saves_after(exception, _writer(trainer))
             return
         if _between_accumulated_batches(trainer):
             # The gradients summed so far are in no checkpoint: resuming here would step with
@@ -141,21 +129,54 @@ class VolumeCheckpoint(ModelCheckpoint):
                 "Stopped between the batches of one accumulated step: not saving; the "
                 "run continues from its newest checkpoint."
             )
-            return
-        self._save_last_if_unsaved(trainer)
+        else:
+            self._save_last_if_unsaved(trainer)
+        _writer(trainer).wait()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Steps that are not a multiple of every_n_train_steps would otherwise never be saved.
         self._save_last_if_unsaved(trainer)
+        _writer(trainer).wait()
 
     def _save_last_if_unsaved(self, trainer: L.Trainer) -> None:
-        """Serialise last.ckpt unless this step is on disk already (every rank decides alike)."""
+        """Make last.ckpt hold this step: a link to its step file, else a save (every rank alike)."""
+        if not self.keeps_last or not self.dirpath or trainer.global_step == self._last_saved_step:
+            return
+        self.last_model_path = str(Path(self.dirpath) / LAST)
         # The step files are the top-k by ``step`` (build_checkpoints), so their scores are steps.
-        saved = {int(step) for step in self.best_k_models.values()} | {self._last_saved_step}
-        if self.save_last and self.dirpath and trainer.global_step not in saved:
-            self.last_model_path = str(Path(self.dirpath) / LAST)
+        same_step = [p for p, step in self.best_k_models.items() if step == trainer.global_step]
+        if not same_step:
             trainer.save_checkpoint(self.last_model_path, self.save_weights_only)
-            self._last_saved_step = trainer.global_step
+        elif trainer.is_global_zero:
+            _writer(trainer).keep_as(Path(same_step[0]), Path(self.last_model_path))
+        self._last_saved_step = trainer.global_step
+
+    def _choose_interval(self, save_seconds: float) -> None:
+        """Checkpoint every Young–Daly interval for this save's measured stall from now on."""
+        interval = young_daly_seconds(save_seconds, self.mean_minutes_between_preemptions * 60)
+        log.info(
+            "A checkpoint stalled training %.2f s: saving every %.0f s from now on (Young–Daly, "
+            "a preemption every %g min expected).",
+            save_seconds,
+            interval,
+            self.mean_minutes_between_preemptions,
+        )
+        # Lightning's own triggers: saves by time from here on, at a step boundary.
+        self._every_n_train_steps = 0
+        self._train_time_interval = dt.timedelta(seconds=interval)
+        self._last_time_checked = time.monotonic()
+
+
+def _writer(trainer: L.Trainer) -> VolumeCheckpointIO:
+    return trainer.strategy.checkpoint_io
+
+
+def _finish_saves_after(exception: BaseException, writer: VolumeCheckpointIO) -> None:
+    """Let the save in flight finish after a crash; its own failure only adds a warning."""
+    try:
+        writer.wait()
+    except Exception as err:
+        log.warning("A checkpoint save failed too, after %r: %s", exception, err)
 
 
 def resume_where_the_run_stopped(checkpoint: dict[str, Any]) -> None:
@@ -212,13 +233,19 @@ class CheckpointPolicy:
     """How often to checkpoint and what to keep.
 
     Args:
-        every_n_train_steps: save a step checkpoint (and last.ckpt) this often.
+        every_n_train_steps: save a step checkpoint this often (unless a time cadence is set).
+        every_minutes: instead, save at the first step boundary this many minutes after the
+            last save (0: by steps).
+        mean_minutes_between_preemptions: instead, after a first save by steps, save every
+            √(2 × measured save stall × this), Young–Daly's least-waste interval (0: off).
         keep_last: how many step checkpoints to keep; older ones are pruned.
         best_monitor: also keep ``best.ckpt`` by this logged metric (empty: don't).
         best_mode: whether the best ``best_monitor`` is the ``max`` or the ``min``.
     """
 
     every_n_train_steps: int = 100
+    every_minutes: float = 0.0
+    mean_minutes_between_preemptions: float = 0.0
     keep_last: int = 5
     best_monitor: str = ""
     best_mode: Literal["max", "min"] = "max"
@@ -227,17 +254,26 @@ class CheckpointPolicy:
 def build_checkpoints(
     policy: CheckpointPolicy, dirpath: Path, commit: Callable[[], None]
 ) -> list[VolumeCheckpoint]:
-    """The step checkpoints (the newest ``keep_last`` and last.ckpt) and, if asked, the best one."""
+    """The step checkpoints (the newest ``keep_last``; last.ckpt at stops) and, if asked, the
+    best one."""
     if policy.every_n_train_steps < 1 or policy.keep_last < 1:
         raise TinyCatsError("checkpoint.every_n_train_steps and checkpoint.keep_last must be >= 1.")
+    if policy.every_minutes < 0 or policy.mean_minutes_between_preemptions < 0:
+        raise TinyCatsError(
+            "checkpoint.every_minutes and checkpoint.mean_minutes_between_preemptions must be "
+            ">= 0 (0: off)."
+        )
+    by_time = policy.every_minutes and not policy.mean_minutes_between_preemptions
     steps = VolumeCheckpoint(
         dirpath=dirpath,
         filename=STEP_FILENAME,
         monitor="step",
         mode="max",
         save_top_k=policy.keep_last,
-        every_n_train_steps=policy.every_n_train_steps,
+        every_n_train_steps=None if by_time else policy.every_n_train_steps,
+        train_time_interval=dt.timedelta(minutes=policy.every_minutes) if by_time else None,
         save_last=True,
+        mean_minutes_between_preemptions=policy.mean_minutes_between_preemptions,
         auto_insert_metric_name=False,
         commit=commit,
     )

@@ -11,6 +11,7 @@ import torch
 
 from tinycats import models
 from tinycats.errors import TinyCatsError
+from tinycats.runs import checksums
 from tinycats.runs.resume import newest_first, resumable_checkpoints
 from tinycats.runs.run_dir import model_class
 
@@ -22,28 +23,43 @@ Module = TypeVar("Module", bound=L.LightningModule)
 def load_trained(
     path: Path, expected: type[Module] | None = None, *, prefer_best: bool = False
 ) -> Module:
-    """The trained module in a checkpoint file, or in a run directory's newest readable one
+    """The trained module in a checkpoint file, or in a run directory's newest intact one
     (``best.ckpt`` first when ``prefer_best``), rebuilt by ``load_from_checkpoint`` on the CPU."""
+    candidate, checkpoint = _first_readable(path, prefer_best)
+    module_class = trained_class(checkpoint, candidate)
+    if expected is not None and not issubclass(module_class, expected):
+        raise TinyCatsError(
+            f"{candidate} is a checkpoint of {module_class.__name__}, not of "
+            f"{getattr(expected, 'description', expected.__name__)}."
+        )
+    # Arguments that only matter for training from scratch (pretrained weights to download).
+    overrides = getattr(module_class, "load_overrides", {})
+    return module_class.load_from_checkpoint(
+        candidate, map_location="cpu", weights_only=True, **overrides
+    )
+
+
+def checkpoint_to_load(path: Path, prefer_best: bool = False) -> Path:
+    """The checkpoint ``load_trained`` would load from ``path`` (a file or a run directory)."""
+    return _first_readable(path, prefer_best)[0]
+
+
+def _first_readable(path: Path, prefer_best: bool) -> tuple[Path, dict[str, Any]]:
+    """The first candidate that matches its recorded SHA-256 and loads, with what it holds;
+    each one passed over is named in a warning."""
     candidates = _checkpoints_to_load(path, prefer_best)
     for candidate in candidates:
         try:
-            checkpoint = torch.load(candidate, map_location="cpu", weights_only=True, mmap=True)
+            problem = checksums.damage(candidate)
+            if problem is None:
+                return candidate, torch.load(
+                    candidate, map_location="cpu", weights_only=True, mmap=True
+                )
         except Exception as err:  # a truncated zip raises RuntimeError, garbage raises others
-            if len(candidates) == 1:
-                raise TinyCatsError(f"Cannot read checkpoint {candidate}: {err}") from err
-            log.warning("Skipping unreadable checkpoint %s: %s", candidate, err)
-            continue
-        module_class = trained_class(checkpoint, candidate)
-        if expected is not None and not issubclass(module_class, expected):
-            raise TinyCatsError(
-                f"{candidate} is a checkpoint of {module_class.__name__}, not of "
-                f"{getattr(expected, 'description', expected.__name__)}."
-            )
-        # Arguments that only matter for training from scratch (pretrained weights to download).
-        overrides = getattr(module_class, "load_overrides", {})
-        return module_class.load_from_checkpoint(
-            candidate, map_location="cpu", weights_only=True, **overrides
-        )
+            problem = f"unreadable ({type(err).__name__}: {err})"
+        if len(candidates) == 1:
+            raise TinyCatsError(f"Cannot read checkpoint {candidate}: {problem}")
+        log.warning("Skipping checkpoint %s: %s", candidate, problem)
     raise TinyCatsError(f"No readable checkpoint in {path}.")
 
 

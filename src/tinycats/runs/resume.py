@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from tinycats.errors import TinyCatsError
+from tinycats.runs import checksums
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,19 @@ def first_loadable(candidates: list[Path], model: nn.Module) -> Path | None:
     return None
 
 
+def intact(candidates: list[Path]) -> list[Path]:
+    """The checkpoints whose bytes match the SHA-256 recorded when they were written; each one
+    left out is named in a warning."""
+    kept = []
+    for path in candidates:
+        damaged = checksums.damage(path)
+        if damaged:
+            log.warning("Skipping checkpoint %s: %s", path, damaged)
+        else:
+            kept.append(path)
+    return kept
+
+
 def resolve_resume(policy: str, run_dir: Path, model: nn.Module) -> Path | None:
     """The checkpoint to resume from under ``policy``, or None to start fresh."""
     existing = newest_first(resumable_checkpoints(run_dir))
@@ -75,10 +89,10 @@ def resolve_resume(policy: str, run_dir: Path, model: nn.Module) -> Path | None:
 def resolve_extension(run_dir: Path, model: nn.Module) -> Path:
     """The checkpoint a finished run continues from when its config asks for more steps or
     epochs; refuses (TinyCatsError) when the config changed what that checkpoint can continue."""
-    newest = next(iter(newest_first(resumable_checkpoints(run_dir))), None)
+    newest = next(iter(intact(newest_first(resumable_checkpoints(run_dir)))), None)
     if newest is None:
         raise TinyCatsError(
-            f"{run_dir} finished but holds no last.ckpt or step checkpoint to "
+            f"{run_dir} finished but holds no intact last.ckpt or step checkpoint to "
             "continue from: train under a new --run.name."
         )
     problem = _problem_with(newest, {k: v.shape for k, v in model.state_dict().items()})
@@ -97,6 +111,9 @@ def resolve_extension(run_dir: Path, model: nn.Module) -> Path:
 
 def _problem_with(path: Path, expected: dict[str, torch.Size]) -> str | None:
     """Why a checkpoint cannot resume this model, or None when it can."""
+    damaged = checksums.damage(path)
+    if damaged:
+        return damaged
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as err:  # a truncated zip raises RuntimeError, garbage raises others
