@@ -16,7 +16,7 @@ class PassDeadlineAtStep(L.Callback):
 
     def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
         if trainer.global_step + 1 == self.step:
-            self.deadline.stop_at = 0
+            self.deadline.end_at = 0
 
 
 @pytest.mark.parametrize(
@@ -31,7 +31,7 @@ class PassDeadlineAtStep(L.Callback):
 def test_the_deadline_stops_after_its_step_unless_that_step_ends_the_run(
     limits, passed_at, stopped_early, steps
 ) -> None:
-    deadline = AttemptDeadline(stop_at=float("inf"))
+    deadline = AttemptDeadline(end_at=float("inf"))
     trainer = L.Trainer(
         **limits,
         logger=False,

@@ -365,12 +365,15 @@ def test_the_end_margin_is_a_minute_or_a_tenth_of_a_short_limit() -> None:
     assert launch.attempt_end_s(100) == 90
 
 
-def steps_until_stopped(stretches: list[float], end_at: float) -> tuple[int, float]:
+def steps_until_stopped(
+    stretches: list[float], end_at: float, write_seconds: float = 0.0
+) -> tuple[int, float]:
     """Run AttemptDeadline over step ends ``stretches`` seconds apart: where it stops."""
     clock = [0.0]
     deadline = AttemptDeadline(end_at, clock=lambda: clock[0])
+    writer = SimpleNamespace(write_seconds=write_seconds)
     trainer = SimpleNamespace(
-        strategy=SimpleNamespace(broadcast=lambda value: value),
+        strategy=SimpleNamespace(broadcast=lambda value: value, checkpoint_io=writer),
         fit_loop=SimpleNamespace(max_steps=-1, max_epochs=None),
         should_stop=False,
     )
@@ -389,6 +392,22 @@ def test_the_deadline_leaves_room_for_what_follows_a_step() -> None:
     step, now = steps_until_stopped(stretches, end_at=60.0)
     assert 60.0 - now >= 2 * 10.0
     assert step > 5  # and not before it had to
+
+
+def test_the_deadline_leaves_room_for_the_background_write_of_the_last_checkpoint() -> None:
+    # Saves stall no step (they are written in the background) but take 20 s to write and commit.
+    _, now = steps_until_stopped([1.0] * 100, end_at=50.0, write_seconds=20.0)
+    assert 50.0 - now >= 20.0
+
+
+def test_on_modal_the_checkpoint_cadence_follows_young_daly_unless_the_run_sets_one() -> None:
+    job = Launch(CONFIG, (), "tiny", RUN_DATE)
+    assert attempt.cadence(job, 360) == ["--checkpoint.mean_minutes_between_preemptions=360"]
+    assert attempt.cadence(job, 0) == []
+    timed = Launch(CONFIG, ("--checkpoint.every_minutes=30",), "tiny", RUN_DATE)
+    assert attempt.cadence(timed, 360) == []
+    configured = Launch(CONFIG + "checkpoint: {every_minutes: 30}\n", (), "tiny", RUN_DATE)
+    assert attempt.cadence(configured, 360) == []
 
 
 def test_without_long_stretches_the_deadline_stops_near_the_end() -> None:

@@ -79,6 +79,7 @@ class Container:
     gpus: int
     timeout_s: int
     started: float = 0.0  # Unix time the container started: the attempt is paid from then
+    preemption_minutes: int = 0  # assumed mean time between preemptions (0: config's cadence)
 
 
 # ## Finding the run
@@ -267,7 +268,8 @@ def train_run(launch: Launch, run: Path, box: Container, end_at: float, train: T
         config = Path(tmp) / "config.yaml"
         config.write_text(launch.config_text)
         args = [
-            *("fit", "-c", str(config), *launch.overrides),
+            *("fit", "-c", str(config), *cadence(launch, box.preemption_minutes)),
+            *launch.overrides,
             *("--resume", resume, "--ckpt_path=null"),
             *("--run.outputs", box.storage.outputs, "--run.name", run.name),
             *("--run.date", run.parent.name, "--data.root", box.storage.data),
@@ -276,6 +278,15 @@ def train_run(launch: Launch, run: Path, box: Container, end_at: float, train: T
         if box.gpus > 1:
             return fit_in_subprocess(args, run, box.storage)
         return train(args)
+
+
+def cadence(launch: Launch, preemption_minutes: int) -> list[str]:
+    """The Young–Daly checkpoint cadence on Modal, unless the run sets a time cadence itself."""
+    own = ("every_minutes", "mean_minutes_between_preemptions")
+    text = launch.config_text + " ".join(launch.overrides)
+    if not preemption_minutes or any(key in text for key in own):
+        return []
+    return [f"--checkpoint.mean_minutes_between_preemptions={preemption_minutes}"]
 
 
 def stopped(failure: BaseException) -> bool:

@@ -120,6 +120,9 @@ class Settings:
     serve_generator: str = "newest"
     # What a deployment may cost: at most this many Server containers at once (a burst queues
     # rather than renting more GPUs), and in public mode what one client may ask a minute.
+    # Modal publishes no preemption rate: an assumed mean time between preemptions sets the
+    # checkpoint cadence on Modal by Young–Daly (runs/cadence.py); 0 keeps the config's cadence.
+    preemption_minutes: int = 6 * 60
     serve_max_containers: int = 1
     serve_requests_per_min: int = 60
     serve_draws_per_min: int = 10
@@ -141,6 +144,7 @@ VARIABLES = {
     "serve_public": "TINYCATS_SERVE_PUBLIC",
     "serve_classifier": "TINYCATS_SERVE_CLASSIFIER",
     "serve_generator": "TINYCATS_SERVE_GENERATOR",
+    "preemption_minutes": "TINYCATS_PREEMPTION_MINUTES",
     "serve_max_containers": "TINYCATS_SERVE_MAX_CONTAINERS",
     "serve_requests_per_min": "TINYCATS_SERVE_REQUESTS_PER_MIN",
     "serve_draws_per_min": "TINYCATS_SERVE_DRAWS_PER_MIN",

@@ -120,7 +120,14 @@ class Runner:
         def train(args: list[str]) -> dict:
             return run_cli(args, STORAGE.commit_outputs, STORAGE.commit_data)
 
-        box = attempt.Container(STORAGE, SETTINGS.gpu, self.gpus, SETTINGS.timeout_s, self.started)
+        box = attempt.Container(
+            STORAGE,
+            SETTINGS.gpu,
+            self.gpus,
+            SETTINGS.timeout_s,
+            self.started,
+            SETTINGS.preemption_minutes,
+        )
         return attempt.run_attempt(job, holder, box, train, modal.exception.InputCancellation)
 
     @modal.method()

@@ -6,7 +6,8 @@ its last checkpoint. This callback ends ``fit`` cleanly before, so the checkpoin
 checkpoint write and commit) takes time that depends on the model, the data and the GPU, so it is
 measured: the longest stretch between two step ends seen so far holds all of these (the first
 stretch after the start is left out: it holds the start-up). Training stops after the first step
-from which twice that stretch would pass the end. Lightning's own ``max_time`` counts the whole
+from which twice that stretch, and the time the newest checkpoint took to write and commit in the
+background, would pass the end. Lightning's own ``max_time`` counts the whole
 run across resumes (its Timer is saved in checkpoints); this counts one process.
 """
 
@@ -41,7 +42,10 @@ class AttemptDeadline(Callback):
         if self._last_step_end is not None:
             self.longest_stretch = max(self.longest_stretch, now - self._last_step_end)
         self._last_step_end = now
-        reserve = RESERVE_STRETCHES * self.longest_stretch
+        # The stop's own last.ckpt is written and committed after the stretch: the writer
+        # measured how long its newest save took.
+        write = float(getattr(trainer.strategy.checkpoint_io, "write_seconds", 0.0))
+        reserve = RESERVE_STRETCHES * self.longest_stretch + write
         # Rank 0's clock decides for every rank, so all of them stop after the same step.
         past = trainer.strategy.broadcast(now + reserve >= self.end_at)
         if past and not _last_step(trainer, batch_idx):
