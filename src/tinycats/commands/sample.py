@@ -9,6 +9,7 @@ from tinycats.commands.parsing import call_with_args
 from tinycats.errors import TinyCatsError
 from tinycats.models.generator import DiTGenerator
 from tinycats.models.grid import save_labelled_grid
+from tinycats.models.labels import chosen_breeds
 from tinycats.models.performance import autocast, choose_precision
 from tinycats.networks.flow import Method
 from tinycats.runs.loading import load_trained
@@ -59,7 +60,7 @@ def sample(
     if n < 1 or steps < 1:
         raise TinyCatsError("--n and --steps must be at least 1.")
     model = load_trained(Path(ckpt_path), DiTGenerator)
-    breeds = _chosen_breeds(breed, model.class_labels)
+    breeds = chosen_breeds(breed, model.class_labels)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     precision = choose_precision(None, device.type, model)
@@ -69,14 +70,3 @@ def sample(
         images = model.generate(classes, seed=seed, steps=steps, cfg_scale=cfg, method=method)
     save_labelled_grid(images, breeds, Path(out))
     print(f"Saved {len(breeds)} × {n} samples to {out}")
-
-
-def _chosen_breeds(breed: str, names: list[str]) -> list[str]:
-    """All breeds for ``all``, else the one named (case and spaces vs underscores don't matter)."""
-    if breed == "all":
-        return names
-    wanted = breed.replace(" ", "_").lower()
-    for name in names:
-        if name.lower() == wanted:
-            return [name]
-    raise TinyCatsError(f"Unknown breed {breed!r}. This model knows: all, {', '.join(names)}.")
