@@ -270,14 +270,14 @@ def load_real_images(run_dir: Path, location: DataLocation = DataLocation()) -> 
 
 def main(argv: list[str]) -> None:
     """Parse the ``tinycats evaluate`` arguments (or a ``--config`` file) and evaluate."""
-    call_with_args(evaluate, argv, "tinycats evaluate", DESCRIPTION)
+    call_with_args(evaluate, argv, "tinycats evaluate", DESCRIPTION, renamed={"cfg": "cfg_scale"})
 
 
 def evaluate(
     ckpt_path: Path,
     n: int = 200,
     steps: int = 50,
-    cfg: float = 3.0,
+    cfg_scale: float = 3.0,
     sweep: tuple[float, ...] = (),
     method: Method = "euler",
     seed: int = 0,
@@ -294,7 +294,7 @@ def evaluate(
             readable checkpoint is used).
         n: samples per breed (200 is about as many as each breed has photos).
         steps: ODE steps from noise to image.
-        cfg: classifier-free guidance scale of the main scores; 1 turns guidance off.
+        cfg_scale: classifier-free guidance scale of the main scores; 1 turns guidance off.
         sweep: guidance scales to score all breeds at, e.g. [1, 2, 3, 4].
         method: ODE solver.
         seed: seed of the samples' noise.
@@ -341,7 +341,7 @@ def evaluate(
         feature_name=INCEPTION_NAME,
         samples_per_class=n,
         steps=steps,
-        cfg_scale=cfg,
+        cfg_scale=cfg_scale,
         sweep=sweep,
         method=method,
         seed=seed,

@@ -25,13 +25,13 @@ processor computes it natively, as `tinycats fit` trains).
 
 examples:
   tinycats sample --ckpt_path outputs/checkpoints/dit/2025-01-31/sample --breed all --n 8
-  tinycats sample --ckpt_path path/to/last.ckpt --breed Bengal --n 16 --cfg 4 --method heun
+  tinycats sample --ckpt_path path/to/last.ckpt --breed Bengal --n 16 --cfg_scale 4 --method heun
 """
 
 
 def main(argv: list[str]) -> None:
     """Parse the ``tinycats sample`` arguments (or a ``--config`` file) and draw."""
-    call_with_args(sample, argv, "tinycats sample", DESCRIPTION)
+    call_with_args(sample, argv, "tinycats sample", DESCRIPTION, renamed={"cfg": "cfg_scale"})
 
 
 def sample(
@@ -39,7 +39,7 @@ def sample(
     breed: str = "all",
     n: int = 16,
     steps: int = 50,
-    cfg: float = 3.0,
+    cfg_scale: float = 3.0,
     seed: int = 0,
     method: Method = "euler",
     out: Path = Path("grid.png"),
@@ -51,7 +51,7 @@ def sample(
         breed: the breed to draw, e.g. Bengal, or 'all' for a row per breed.
         n: samples per breed.
         steps: ODE steps from noise to image.
-        cfg: classifier-free guidance scale: 1 turns it off, higher follows the breed more
+        cfg_scale: classifier-free guidance scale: 1 turns it off, higher follows the breed more
             closely at the cost of variety.
         seed: seed of the starting noise.
         method: ODE solver; heun is more accurate per step, at two model calls per step.
@@ -67,6 +67,6 @@ def sample(
     log.info("Precision: %s, as %s.", precision.precision or "32-true", precision.reason)
     classes = torch.tensor([model.class_labels.index(b) for b in breeds]).repeat_interleave(n)
     with autocast(precision.precision, device):
-        images = model.generate(classes, seed=seed, steps=steps, cfg_scale=cfg, method=method)
+        images = model.generate(classes, seed=seed, steps=steps, cfg_scale=cfg_scale, method=method)
     save_labelled_grid(images, breeds, Path(out))
     print(f"Saved {len(breeds)} × {n} samples to {out}")

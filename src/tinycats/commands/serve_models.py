@@ -124,7 +124,7 @@ class ModelStore:
                 raise BadRequest(
                     404,
                     f"No {kind} run is loaded: start the server with "
-                    f"--{'classifier' if kind == 'classifier' else 'generator'} RUN, "
+                    f"--{kind} RUN, "
                     "or name a run in the request.",
                 )
         path = self.confine(run)
@@ -243,7 +243,7 @@ def classify(loaded: LoadedRun, photos: list[torch.Tensor]) -> list[dict[str, An
     return results
 
 
-def draw(loaded: LoadedRun, breed: str, n: int, steps: int, guidance: float, seed: int) -> bytes:
+def draw(loaded: LoadedRun, breed: str, n: int, steps: int, cfg_scale: float, seed: int) -> bytes:
     """A PNG grid of ``n`` cats of ``breed`` (a row per breed for ``all``); same seed, same bytes."""
     try:
         rows = chosen_breeds(breed, loaded.classes)
@@ -254,7 +254,7 @@ def draw(loaded: LoadedRun, breed: str, n: int, steps: int, guidance: float, see
     # The precision `tinycats sample` draws in, so both give the same picture for the same seed.
     precision = choose_precision(None, device.type, loaded.model).precision
     with loaded.lock, torch.inference_mode(), autocast(precision, device):
-        images = loaded.model.generate(labels, seed=seed, steps=steps, cfg_scale=guidance)
+        images = loaded.model.generate(labels, seed=seed, steps=steps, cfg_scale=cfg_scale)
     buffer = io.BytesIO()
     labelled_grid(images, rows).save(buffer, format="PNG")
     return buffer.getvalue()
