@@ -12,13 +12,13 @@ from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter,
 log = logging.getLogger(__name__)
 
 
-class _Help(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """jsonargparse's help, with the description's examples kept as written."""
+class HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """jsonargparse's help, with the description's lists and examples kept as written."""
 
 
 def command_parser(prog: str, description: str) -> ArgumentParser:
     """A parser whose ``-c/--config`` reads its options from a YAML file, later flags winning."""
-    parser = ArgumentParser(prog=prog, description=description, formatter_class=_Help)
+    parser = ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
     parser.add_argument(
         "-c", "--config", action=ActionConfigFile, help="a YAML file of these options"
     )
