@@ -158,7 +158,7 @@ class DiTGenerator(L.LightningModule):
         generator = step_generator(self.hparams.seed, self.global_step, self.global_rank)
         x0, labels = self.training_inputs(batch, generator)
         velocity = self._compiled or self.model
-        loss = flow_loss(velocity, x0, labels, generator=generator, schedule="logit_normal")
+        loss = flow_loss(velocity, x0, labels, generator=generator)
         self.log("train/flow_loss", loss, prog_bar=True)
         return loss
 
