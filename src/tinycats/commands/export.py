@@ -224,7 +224,7 @@ def export(ckpt_path: Path, out: Path = Path("export"), quantize: bool = False) 
         _print_parity(path, check)
         print(
             f"onnxruntime sampler vs PyTorch sampler ({PARITY_BATCH} samples, {PARITY_STEPS} "
-            f"Euler steps, guidance 3): max abs difference "
+            f"Euler steps, cfg_scale 3): max abs difference "
             f"{sampler_difference(model.model, path):.2e}"
         )
     else:
