@@ -47,13 +47,7 @@ def dit_step(config: str, batch: int) -> Step:
 
     def step(bf16: bool) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = flow_loss(
-                net,
-                images,
-                labels,
-                generator=torch.Generator().manual_seed(0),
-                schedule="logit_normal",
-            )
+            loss = flow_loss(net, images, labels, generator=torch.Generator().manual_seed(0))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -27,7 +27,7 @@ from benchmarks.harness import PHOTOS, REPO, kept_section, markdown_table, repla
 
 HEADING = "## Serving"
 CONFIGS = ("configs/classifier_sample.yaml", "configs/dit_sample.yaml")
-DRAW = {"breed": "Bengal", "n": 8, "steps": 25, "guidance": 3.0, "seed": 0}
+DRAW = {"breed": "Bengal", "n": 8, "steps": 25, "cfg_scale": 3.0, "seed": 0}
 
 
 def train_demo_runs(outputs: Path, data: Path) -> None:
@@ -156,7 +156,7 @@ def report(figures: dict, repeats: int, draws: int, requests: int) -> str:
                 "≤ 50 ms",
             ],
             [
-                "draw 8 Bengals, 25 steps, guidance 3 (demo DiT, 32 px)",
+                "draw 8 Bengals, 25 steps, cfg_scale 3 (demo DiT, 32 px)",
                 *map("{:.0f}".format, figures["draw"]),
                 "≤ 2000 ms",
             ],

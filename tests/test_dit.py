@@ -5,11 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from torch import nn
 
-from tinycats.networks.dit import TinyDiT, patchify, unpatchify
+from tinycats.networks.dit import TinyDiT, unpatchify
 
-from helpers.dit import TINY_CONFIG, TINY_DIT, TINY_SIZE
+from helpers.dit import TINY_CONFIG, TINY_DIT, TINY_SIZE, patchify
 
 
 def _inputs(model: TinyDiT, batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -181,16 +180,6 @@ def test_labels_and_time_change_the_output():
 
 
 # ---- variants and named configs --------------------------------------------------------------
-
-
-def test_qk_norm_adds_norms_and_runs():
-    model = TinyDiT(**TINY_DIT, image_size=TINY_SIZE, qk_norm=True)
-    assert isinstance(model.blocks[0].attn.q_norm, nn.RMSNorm)
-    assert isinstance(TinyDiT(**TINY_DIT, image_size=TINY_SIZE).blocks[0].attn.q_norm, nn.Identity)
-    _perturb_zero_init(model)
-    out = model(*_inputs(model, batch=2))
-    assert out.shape == (2, 3, 16, 16)
-    assert torch.isfinite(out).all()
 
 
 def test_wrong_image_size_is_rejected():

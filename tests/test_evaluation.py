@@ -249,7 +249,7 @@ def test_evaluate_generator_help_explains_the_figures(capsys):
         "--ckpt",
         "--n",
         "--steps",
-        "--cfg",
+        "--cfg_scale",
         "--sweep",
         "--inception_weights",
         "FID",

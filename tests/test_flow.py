@@ -1,4 +1,4 @@
-"""Tests for the rectified-flow objective, timestep schedules and samplers."""
+"""Tests for the rectified-flow objective, its training times and the samplers."""
 
 import math
 
@@ -129,21 +129,10 @@ def test_logit_normal_timesteps_are_inside_unit_interval_around_half():
     assert ((t < 0.1) | (t > 0.9)).float().mean() < 0.1
 
 
-def test_uniform_timesteps_cover_unit_interval():
-    t = sample_timesteps(10_000, schedule="uniform", generator=torch.Generator().manual_seed(0))
-    assert (t >= 0).all() and (t < 1).all()
-    assert abs(((t < 0.1) | (t > 0.9)).float().mean().item() - 0.2) < 0.02
-
-
 def test_timesteps_are_reproducible_with_a_generator():
     a = sample_timesteps(8, generator=torch.Generator().manual_seed(3))
     b = sample_timesteps(8, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
-
-
-def test_unknown_schedule_is_rejected():
-    with pytest.raises(ValueError, match="logit_normal"):
-        sample_timesteps(4, schedule="cosine")
 
 
 # ---- sampling --------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Tests for `tinycats sample` and the labelled grid, on a tiny DiT trained by the real `tinycats fit`."""
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -124,8 +125,37 @@ def test_sample_help_explains_the_options(capsys):
         main(["sample", "--help"])
     assert stop.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--ckpt", "--breed", "--n", "--steps", "--cfg", "--seed", "--method", "--out"):
+    for option in (
+        "--ckpt",
+        "--breed",
+        "--n",
+        "--steps",
+        "--cfg_scale",
+        "--seed",
+        "--method",
+        "--out",
+    ):
         assert option in text
+
+
+def test_the_old_cfg_name_still_sets_the_guidance_scale_with_a_warning(
+    run_dir: Path, tmp_path: Path, caplog
+):
+    new = _sample(
+        tmp_path, run_dir, "new.png", "--breed", "Bengal", "--n", "2", "--cfg_scale", "30"
+    )
+    config = tmp_path / "old.yaml"
+    config.write_text("cfg: 30\n")
+    with caplog.at_level(logging.WARNING, logger="tinycats"):
+        flag = _sample(
+            tmp_path, run_dir, "flag.png", "--breed", "Bengal", "--n", "2", "--cfg", "30"
+        )
+        key = _sample(
+            tmp_path, run_dir, "key.png", "--breed", "Bengal", "--n", "2", "-c", str(config)
+        )
+    default = _sample(tmp_path, run_dir, "default.png", "--breed", "Bengal", "--n", "2")
+    assert flag.read_bytes() == key.read_bytes() == new.read_bytes() != default.read_bytes()
+    assert caplog.text.count("--cfg is deprecated: use --cfg_scale") == 2
 
 
 def test_grid_labels_each_row(tmp_path: Path):

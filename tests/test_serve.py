@@ -119,10 +119,13 @@ def test_draw_gives_the_sample_commands_grid_and_the_same_bytes_for_the_same_see
 ) -> None:
     from tinycats.commands.sample import main as sample_main
 
-    query = {"breed": "maine coon", "n": 3, "steps": 2, "guidance": 2.0, "seed": 7}
+    query = {"breed": "maine coon", "n": 3, "steps": 2, "cfg_scale": 2.0, "seed": 7}
     first = client.get("/api/draw", params=query)
     assert first.status_code == 200 and first.headers["content-type"] == "image/png"
     assert client.get("/api/draw", params=query).content == first.content
+    strong = client.get("/api/draw", params=query | {"cfg_scale": 20.0}).content
+    old_name = {k: v for k, v in query.items() if k != "cfg_scale"} | {"guidance": 20.0}
+    assert client.get("/api/draw", params=old_name).content == strong != first.content
     assert client.get("/api/draw", params=query | {"seed": 8}).content != first.content
     sample_main(
         [
@@ -134,7 +137,7 @@ def test_draw_gives_the_sample_commands_grid_and_the_same_bytes_for_the_same_see
             "3",
             "--steps",
             "2",
-            "--cfg",
+            "--cfg_scale",
             "2.0",
             "--seed",
             "7",
@@ -226,6 +229,7 @@ def test_an_upload_streamed_without_a_length_is_cut_off_at_the_limit(client) -> 
         ({"breed": "Bengal", "n": 7}, 422, "n: Input should be less than or equal to 6"),
         ({"breed": "Bengal", "steps": 9}, 422, "steps: Input should be less than or equal to 8"),
         ({"breed": "Bengal", "steps": "many"}, 422, "steps: Input should be a valid integer"),
+        ({"breed": "Bengal", "cfg_scale": -1}, 422, "cfg_scale: Input should be greater than"),
         ({"breed": "Bengal", "guidance": -1}, 422, "guidance: Input should be greater than"),
         ({}, 422, "breed: Field required"),
         ({"breed": "Bengal", "run": "../../.."}, 400, "is outside the runs folder"),
@@ -466,7 +470,7 @@ def test_the_warm_sample_method_answers_like_the_runner(remote, client) -> None:
     drawn = remote.Server().sample.local(DIT_RUN, "Bengal", 3, 2, 2.0, 7)
     assert drawn["status"] == "drawn"
     same = client.get(
-        "/api/draw", params={"breed": "Bengal", "n": 3, "steps": 2, "guidance": 2.0, "seed": 7}
+        "/api/draw", params={"breed": "Bengal", "n": 3, "steps": 2, "cfg_scale": 2.0, "seed": 7}
     )
     assert drawn["png"] == same.content
     for args, message in (

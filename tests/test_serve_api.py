@@ -205,6 +205,28 @@ def test_the_command_takes_the_budget_as_options_and_logs_it(runs, monkeypatch, 
     assert [client.get("/api/draw", params=draw).status_code for _ in range(2)] == [200, 429]
 
 
+def test_the_old_generator_flag_still_names_the_dit_run(runs, monkeypatch, caplog):
+    import logging
+
+    import uvicorn
+
+    from tinycats.cli import main
+    from tinycats.commands import serve
+
+    chosen = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: None)
+    monkeypatch.setattr(
+        serve,
+        "load_store",
+        lambda runs_dir, *args: chosen.append(args[:2]) or stub_store(runs_dir / str(len(chosen))),
+    )
+    with caplog.at_level(logging.WARNING, logger="tinycats"):
+        main(["serve", "--runs_dir", str(runs), "--generator", "dit/old"])
+        main(["serve", "--runs_dir", str(runs), "--dit", "dit/new", "--classifier", ""])
+    assert chosen == [("newest", "dit/old"), ("", "dit/new")]
+    assert caplog.text.count("--generator is deprecated: use --dit") == 1
+
+
 def test_a_negative_budget_is_refused_with_the_option_named(runs, capsys):
     from tinycats.cli import main
 

@@ -16,6 +16,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from tinycats.commands.parsing import HelpFormatter
 from tinycats.commands.predict import PrintPredictions
 from tinycats.data import PetsDataModule
 from tinycats.errors import (
@@ -36,15 +37,26 @@ from tinycats.runs.run_dir import RunSpec, model_dir, model_group, resolve_run_d
 log = logging.getLogger("tinycats")
 
 DESCRIPTION = """\
-Train and use the tinycats models from one YAML config:
-  tinycats fit -c configs/classifier.yaml        train (continues the run if it was interrupted)
+Train and use the tinycats models; each run is set by one YAML config in configs/.
+
+commands:
+  fit        train a model (continues the run if it was interrupted)
+  validate   score a checkpoint on the validation split
+  test       score a checkpoint on the test split (the classifier adds a report)
+  predict    label photos with a trained classifier
+  sample     draw cats of a breed with a trained TinyDiT
+  evaluate   FID/KID per breed, guidance sweep and memorisation of a trained TinyDiT
+  export     ONNX (and int8) of the classifier and the DiT
+  serve      a web page and JSON API over trained runs
+  runs       the runs in outputs/: progress, goodput, cost
+Each command explains its options: tinycats COMMAND --help.
+
+examples:
+  tinycats fit -c configs/classifier_sample.yaml
   tinycats test -c configs/classifier.yaml --ckpt_path PATH
   tinycats predict -c configs/classifier.yaml --ckpt_path PATH --data.predict_paths '[a.jpg]'
-  tinycats sample --help                          draw cats with a trained TinyDiT
-  tinycats evaluate --help                        FID/KID per breed, guidance sweep, memorisation
-  tinycats export --help                          ONNX (and int8) for the classifier and the DiT
-  tinycats serve --help                           a web page and JSON API over trained runs
-  tinycats runs                                   the runs in outputs/: progress, goodput, cost
+  tinycats sample --ckpt_path outputs/checkpoints/dit/2026-01-31/sample --breed all --n 8
+  tinycats serve
 """
 
 # Commands beside LightningCLI's: name → module with ``main(argv)``.
@@ -79,7 +91,11 @@ class TinyCatsCLI(LightningCLI):
             datamodule_class=PetsDataModule,
             subclass_mode_model=True,
             save_config_kwargs={"overwrite": True},  # a rerun or retry rewrites the same config
-            parser_kwargs={"description": DESCRIPTION},
+            parser_kwargs={
+                "prog": "tinycats",
+                "description": DESCRIPTION,
+                "formatter_class": HelpFormatter,
+            },
             **kwargs,
         )
 

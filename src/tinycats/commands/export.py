@@ -69,10 +69,9 @@ examples:
 
 def export_classifier(model: CatClassifier, image_size: int, path: Path) -> Path:
     """Write the classifier as ONNX: float images (N, 3, H, W) in [0, 1] → logits (N, classes)."""
-    names = model.hparams.class_names or [str(i) for i in range(model.hparams.num_classes)]
     metadata = {
         "model": "tinycats CatClassifier",
-        "class_names": json.dumps(list(names)),
+        "class_names": json.dumps(model.class_labels),
         "image_size": str(image_size),
         "input": "images: float32 RGB (N, 3, H, W) in [0, 1], H = W = image_size",
         "output": "logits: (N, classes); softmax gives the class probabilities",
@@ -225,7 +224,7 @@ def export(ckpt_path: Path, out: Path = Path("export"), quantize: bool = False) 
         _print_parity(path, check)
         print(
             f"onnxruntime sampler vs PyTorch sampler ({PARITY_BATCH} samples, {PARITY_STEPS} "
-            f"Euler steps, guidance 3): max abs difference "
+            f"Euler steps, cfg_scale 3): max abs difference "
             f"{sampler_difference(model.model, path):.2e}"
         )
     else:

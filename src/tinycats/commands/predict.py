@@ -24,7 +24,7 @@ class PrintPredictions(BasePredictionWriter):
         dataloader_idx: int,
     ) -> None:
         paths = trainer.datamodule.hparams.predict_paths
-        names = pl_module.hparams.class_names or [str(i) for i in range(prediction.shape[-1])]
+        names = pl_module.class_labels
         probability, label = prediction.max(dim=-1)
         indices = batch[1].tolist()  # the predict dataset pairs each image with its path index
         for index, p, k in zip(indices, probability.tolist(), label.tolist(), strict=True):

@@ -9,6 +9,7 @@ from tinycats.commands.parsing import call_with_args
 from tinycats.errors import TinyCatsError
 from tinycats.models.generator import DiTGenerator
 from tinycats.models.grid import save_labelled_grid
+from tinycats.models.labels import chosen_breeds
 from tinycats.models.performance import autocast, choose_precision
 from tinycats.networks.flow import Method
 from tinycats.runs.loading import load_trained
@@ -24,13 +25,13 @@ processor computes it natively, as `tinycats fit` trains).
 
 examples:
   tinycats sample --ckpt_path outputs/checkpoints/dit/2025-01-31/sample --breed all --n 8
-  tinycats sample --ckpt_path path/to/last.ckpt --breed Bengal --n 16 --cfg 4 --method heun
+  tinycats sample --ckpt_path path/to/last.ckpt --breed Bengal --n 16 --cfg_scale 4 --method heun
 """
 
 
 def main(argv: list[str]) -> None:
     """Parse the ``tinycats sample`` arguments (or a ``--config`` file) and draw."""
-    call_with_args(sample, argv, "tinycats sample", DESCRIPTION)
+    call_with_args(sample, argv, "tinycats sample", DESCRIPTION, renamed={"cfg": "cfg_scale"})
 
 
 def sample(
@@ -38,7 +39,7 @@ def sample(
     breed: str = "all",
     n: int = 16,
     steps: int = 50,
-    cfg: float = 3.0,
+    cfg_scale: float = 3.0,
     seed: int = 0,
     method: Method = "euler",
     out: Path = Path("grid.png"),
@@ -50,7 +51,7 @@ def sample(
         breed: the breed to draw, e.g. Bengal, or 'all' for a row per breed.
         n: samples per breed.
         steps: ODE steps from noise to image.
-        cfg: classifier-free guidance scale: 1 turns it off, higher follows the breed more
+        cfg_scale: classifier-free guidance scale: 1 turns it off, higher follows the breed more
             closely at the cost of variety.
         seed: seed of the starting noise.
         method: ODE solver; heun is more accurate per step, at two model calls per step.
@@ -59,24 +60,13 @@ def sample(
     if n < 1 or steps < 1:
         raise TinyCatsError("--n and --steps must be at least 1.")
     model = load_trained(Path(ckpt_path), DiTGenerator)
-    breeds = _chosen_breeds(breed, model.class_labels)
+    breeds = chosen_breeds(breed, model.class_labels)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     precision = choose_precision(None, device.type, model)
     log.info("Precision: %s, as %s.", precision.precision or "32-true", precision.reason)
     classes = torch.tensor([model.class_labels.index(b) for b in breeds]).repeat_interleave(n)
     with autocast(precision.precision, device):
-        images = model.generate(classes, seed=seed, steps=steps, cfg_scale=cfg, method=method)
+        images = model.generate(classes, seed=seed, steps=steps, cfg_scale=cfg_scale, method=method)
     save_labelled_grid(images, breeds, Path(out))
     print(f"Saved {len(breeds)} × {n} samples to {out}")
-
-
-def _chosen_breeds(breed: str, names: list[str]) -> list[str]:
-    """All breeds for ``all``, else the one named (case and spaces vs underscores don't matter)."""
-    if breed == "all":
-        return names
-    wanted = breed.replace(" ", "_").lower()
-    for name in names:
-        if name.lower() == wanted:
-            return [name]
-    raise TinyCatsError(f"Unknown breed {breed!r}. This model knows: all, {', '.join(names)}.")

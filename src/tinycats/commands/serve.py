@@ -6,7 +6,7 @@ from pathlib import Path
 
 from jsonargparse import ArgumentParser
 
-from tinycats.commands.parsing import command_parser
+from tinycats.commands.parsing import accept_old_names, command_parser, use_new_names
 from tinycats.commands.serve_budget import Budget
 from tinycats.commands.serve_models import Limits, ModelStore
 from tinycats.errors import TinyCatsError
@@ -21,11 +21,14 @@ that model there, an empty value serves none.
 
 examples:
   tinycats serve                                      the newest classifier and DiT in outputs/
-  tinycats serve --generator checkpoints/dit/2026-01-31/sample --classifier ''
+  tinycats serve --dit checkpoints/dit/2026-01-31/sample --classifier ''
   tinycats serve --host 0.0.0.0 --port 8080           reachable from other machines
   tinycats serve -c serve.yaml --port 8081            options from a file, later flags win
   tinycats serve --host 0.0.0.0 --budget.draws_per_minute 10   a budget per client address
 """
+
+
+RENAMED = {"generator": "dit"}  # old flag → new, still accepted with a warning
 
 
 def build_parser() -> ArgumentParser:
@@ -38,7 +41,7 @@ def build_parser() -> ArgumentParser:
         help="classifier run or checkpoint, relative to --runs_dir",
     )
     parser.add_argument(
-        "--generator",
+        "--dit",
         type=str,
         default="newest",
         help="DiT run or checkpoint, relative to --runs_dir",
@@ -62,11 +65,12 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_class_arguments(Limits, "limits")
     parser.add_class_arguments(Budget, "budget")
+    accept_old_names(parser, RENAMED)
     return parser
 
 
 def load_store(
-    runs_dir: Path, classifier: str, generator: str, limits: Limits, require_a_run: bool = True
+    runs_dir: Path, classifier: str, dit: str, limits: Limits, require_a_run: bool = True
 ) -> ModelStore:
     """A ModelStore holding the chosen classifier and DiT (loaded now, not at the first request).
 
@@ -78,7 +82,7 @@ def load_store(
             "folder of `tinycats fit` (default: outputs)."
         )
     store = ModelStore(runs_dir, limits)
-    for kind, run in (("classifier", classifier), ("dit", generator)):
+    for kind, run in (("classifier", classifier), ("dit", dit)):
         try:
             loaded = store.load_default(kind, run)
         except TinyCatsError as err:
@@ -91,7 +95,7 @@ def load_store(
         raise TinyCatsError(
             f"No classifier or DiT run to serve in {runs_dir}: train one with "
             "`tinycats fit -c configs/classifier_sample.yaml` or name one with "
-            "--classifier / --generator."
+            "--classifier / --dit."
         )
     return store
 
@@ -103,12 +107,12 @@ def main(argv: list[str]) -> None:
 
     from tinycats.commands.serve_api import build_app
 
-    args = build_parser().parse_args(argv)
+    args = use_new_names(build_parser().parse_args(argv), RENAMED)
     budget = Budget(**vars(args.budget))  # checked before the runs load
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    store = load_store(args.runs_dir, args.classifier, args.generator, Limits(**vars(args.limits)))
+    store = load_store(args.runs_dir, args.classifier, args.dit, Limits(**vars(args.limits)))
     log.info(
         "Loaded in %.1f s; open http://%s:%d", time.perf_counter() - started, args.host, args.port
     )

@@ -4,7 +4,7 @@
     GET  /api/health      {"status": "ok"}
     GET  /api/models      the loaded runs: kind, run, checkpoint, step, metrics, classes
     POST /api/classify    photos as multipart ``file`` fields → a label and probabilities each
-    GET  /api/draw        breed, n, steps, guidance, seed (, run) → a PNG grid
+    GET  /api/draw        breed, n, steps, cfg_scale, seed (, run) → a PNG grid
 
 Every refusal is a 4xx with ``{"detail": message}``; no request can stop the server. A client
 over its budget (``serve_budget.py``) gets 429 with ``Retry-After``.
@@ -31,9 +31,21 @@ MULTIPART_OVERHEAD = 64 * 1024
 
 def build_app(store: ModelStore, budget: Budget = NO_BUDGET) -> FastAPI:
     """The app answering from the runs in ``store``, each client within ``budget``."""
-    limits = store.limits
     app = FastAPI(title="tinycats", summary="Classify cat photos and draw cats with trained runs.")
-    page = files("tinycats.commands").joinpath(PAGE).read_text()
+    # A body over the limit is refused by FastAPI's route limit (max_body_size), also when it
+    # streams without a length; the middleware refuses a declared length first, with the numbers.
+    allowed = store.limits.max_files * store.limits.max_upload_bytes + MULTIPART_OVERHEAD
+    _answer_refusals_in_json(app)
+    _refuse_bodies_over(allowed, app)
+    _refuse_clients_over(budget, app)  # added last, so it runs first
+    _add_page_and_listings(store, app)
+    _add_classify(store, allowed, app)
+    _add_draw(store, app)
+    return app
+
+
+def _answer_refusals_in_json(app: FastAPI) -> None:
+    """Answer every refusal with its status and ``{"detail": one readable sentence}``."""
 
     @app.exception_handler(BadRequest)
     async def refused(request: Request, err: BadRequest) -> JSONResponse:
@@ -45,9 +57,9 @@ def build_app(store: ModelStore, budget: Budget = NO_BUDGET) -> FastAPI:
         problems = [f"{e['loc'][-1]}: {e['msg']}" for e in err.errors()]
         return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
 
-    # A body over the limit is refused by FastAPI's route limit (max_body_size below), also
-    # when it streams without a length; this refuses a declared length first, with the numbers.
-    allowed = limits.max_files * limits.max_upload_bytes + MULTIPART_OVERHEAD
+
+def _refuse_bodies_over(allowed: int, app: FastAPI) -> None:
+    """Answer 413 to a request whose declared length is over ``allowed`` bytes."""
 
     @app.middleware("http")
     async def refuse_big_bodies(request: Request, call_next):
@@ -59,7 +71,10 @@ def build_app(store: ModelStore, budget: Budget = NO_BUDGET) -> FastAPI:
             )
         return await call_next(request)
 
-    _refuse_clients_over(budget, app)  # added last, so it runs first
+
+def _add_page_and_listings(store: ModelStore, app: FastAPI) -> None:
+    """``/`` (the page), ``/api/health`` and ``/api/models``."""
+    page = files("tinycats.commands").joinpath(PAGE).read_text()
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> str:
@@ -72,6 +87,11 @@ def build_app(store: ModelStore, budget: Budget = NO_BUDGET) -> FastAPI:
     @app.get("/api/models")
     def models() -> dict[str, Any]:
         return {"runs_root": str(store.runs_root), "models": store.describe()}
+
+
+def _add_classify(store: ModelStore, allowed: int, app: FastAPI) -> None:
+    """``POST /api/classify``: photos as multipart ``file`` fields → a label and probabilities."""
+    limits = store.limits
 
     @app.post("/api/classify", max_body_size=allowed)
     async def classify_photos(
@@ -96,22 +116,31 @@ def build_app(store: ModelStore, budget: Budget = NO_BUDGET) -> FastAPI:
         named = [{"filename": u.filename} | r for u, r in zip(file, results, strict=True)]
         return {"run": loaded.run, "step": loaded.step, "results": named}
 
+
+def _add_draw(store: ModelStore, app: FastAPI) -> None:
+    """``GET /api/draw``: a PNG grid of cats of a breed (``guidance`` is ``cfg_scale``'s old name)."""
+    limits = store.limits
+
     @app.get("/api/draw", response_class=Response, responses={200: {"content": {"image/png": {}}}})
     def draw_cats(
         breed: Annotated[str, Query(description="a breed the DiT knows, e.g. Bengal")],
         n: Annotated[int, Query(ge=1, le=limits.max_n)] = 8,
         steps: Annotated[int, Query(ge=1, le=limits.max_steps)] = 25,
-        guidance: Annotated[float, Query(ge=0, le=20)] = 3.0,
+        cfg_scale: Annotated[float, Query(ge=0, le=20)] = 3.0,
         seed: Annotated[int, Query(ge=0, lt=2**63)] = 0,
         run: Annotated[str | None, Query(description="a DiT run; default: the loaded one")] = None,
+        guidance: Annotated[
+            float | None, Query(ge=0, le=20, deprecated=True, description="use cfg_scale")
+        ] = None,
     ) -> Response:
+        if guidance is not None:
+            log.warning("/api/draw?guidance= is deprecated: use cfg_scale=.")
+            cfg_scale = guidance
         loaded = store.get("dit", run)
-        png = draw(loaded, breed, n, steps, guidance, seed)
+        png = draw(loaded, breed, n, steps, cfg_scale, seed)
         return Response(
             png, media_type="image/png", headers={"X-Run": loaded.run, "X-Step": str(loaded.step)}
         )
-
-    return app
 
 
 def _refuse_clients_over(budget: Budget, app: FastAPI) -> None:

@@ -14,12 +14,13 @@ from typing import Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.transforms.v2 import functional as TF
 
+from tinycats.data.images import TooManyPixels, decode_square
 from tinycats.errors import TinyCatsError
 from tinycats.models.classifier import CatClassifier
 from tinycats.models.generator import DiTGenerator
 from tinycats.models.grid import labelled_grid
+from tinycats.models.labels import UnknownBreed, chosen_breeds
 from tinycats.models.performance import autocast, choose_precision
 from tinycats.networks.augment import to_unit_range
 from tinycats.runs.loading import checkpoint_to_load, load_trained
@@ -123,7 +124,7 @@ class ModelStore:
                 raise BadRequest(
                     404,
                     f"No {kind} run is loaded: start the server with "
-                    f"--{'classifier' if kind == 'classifier' else 'generator'} RUN, "
+                    f"--{kind} RUN, "
                     "or name a run in the request.",
                 )
         path = self.confine(run)
@@ -169,20 +170,20 @@ def _load(kind: str, path: Path, name: str) -> LoadedRun:
     except TinyCatsError as err:
         raise BadRequest(422, str(err)) from err
     if kind == "dit":
-        image_size, classes = model.model.image_size, model.class_labels
+        image_size = model.model.image_size
     else:
         image_size = model.trained_image_size
         if image_size is None:
             raise BadRequest(
                 422, f"{checkpoint.name} does not say which image size it was trained at."
             )
-        classes = list(model.hparams.class_names or map(str, range(model.hparams.num_classes)))
     model.eval().requires_grad_(False)
     run_dir = path if path.is_dir() else path.parent
     summary = run_dir / "summary.json"
     metrics = json.loads(summary.read_text()).get("metrics", {}) if summary.is_file() else {}
     step = _global_step(checkpoint)
-    return LoadedRun(kind, name, checkpoint.name, step, metrics, classes, image_size, model)
+    labels = model.class_labels
+    return LoadedRun(kind, name, checkpoint.name, step, metrics, labels, image_size, model)
 
 
 def _newest_checkpoint(path: Path) -> Path:
@@ -205,34 +206,23 @@ def _global_step(checkpoint: Path) -> int:
 def decode_photo(data: bytes, size: int, limits: Limits) -> torch.Tensor:
     """An uploaded photo as the ``(3, size, size)`` uint8 square the classifier was trained on.
 
-    Decoded like the training images (``tinycats.data.images.load_square``), after checking the
-    byte and pixel limits: the pixel count is read from the header, before anything is decoded.
+    Decoded as the training images are (``tinycats.data.images.decode_square``), after checking
+    the byte and pixel limits: the pixel count is read from the header, before anything is decoded.
     """
     if len(data) > limits.max_upload_bytes:
         raise BadRequest(
             413, f"The upload has {len(data)} bytes; the limit is {limits.max_upload_bytes}."
         )
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            pixels = image.width * image.height
-            if pixels > limits.max_pixels:
-                raise BadRequest(
-                    413,
-                    f"The image has {image.width}×{image.height} pixels; the "
-                    f"limit is {limits.max_pixels} pixels.",
-                )
-            image.draft("RGB", (size, size))
-            image.load()
-            rgb = image.convert("RGB")
-    except BadRequest:
-        raise
+        return decode_square(io.BytesIO(data), size, limits.max_pixels)[0]
+    except TooManyPixels as err:
+        raise BadRequest(413, str(err)) from err
     except Image.DecompressionBombError as err:
         raise BadRequest(413, f"The image is too large to decode: {err}") from err
     except UnidentifiedImageError as err:
         raise BadRequest(400, "Not an image: upload a JPEG, PNG or WebP photo.") from err
     except (OSError, SyntaxError, ValueError) as err:
         raise BadRequest(400, f"A broken image (truncated or corrupt): {err}.") from err
-    return TF.center_crop(TF.resize(TF.pil_to_tensor(rgb), size, antialias=True), size)
 
 
 def classify(loaded: LoadedRun, photos: list[torch.Tensor]) -> list[dict[str, Any]]:
@@ -253,20 +243,18 @@ def classify(loaded: LoadedRun, photos: list[torch.Tensor]) -> list[dict[str, An
     return results
 
 
-def draw(loaded: LoadedRun, breed: str, n: int, steps: int, guidance: float, seed: int) -> bytes:
+def draw(loaded: LoadedRun, breed: str, n: int, steps: int, cfg_scale: float, seed: int) -> bytes:
     """A PNG grid of ``n`` cats of ``breed`` (a row per breed for ``all``); same seed, same bytes."""
-    wanted = breed.replace(" ", "_").lower()
-    rows = loaded.classes if wanted == "all" else [c for c in loaded.classes if c.lower() == wanted]
-    if not rows:
-        raise BadRequest(
-            422, f"Unknown breed {breed!r}. This model knows: all, {', '.join(loaded.classes)}."
-        )
+    try:
+        rows = chosen_breeds(breed, loaded.classes)
+    except UnknownBreed as err:
+        raise BadRequest(422, str(err)) from err
     labels = torch.tensor([loaded.classes.index(row) for row in rows]).repeat_interleave(n)
     device = loaded.model.device
     # The precision `tinycats sample` draws in, so both give the same picture for the same seed.
     precision = choose_precision(None, device.type, loaded.model).precision
     with loaded.lock, torch.inference_mode(), autocast(precision, device):
-        images = loaded.model.generate(labels, seed=seed, steps=steps, cfg_scale=guidance)
+        images = loaded.model.generate(labels, seed=seed, steps=steps, cfg_scale=cfg_scale)
     buffer = io.BytesIO()
     labelled_grid(images, rows).save(buffer, format="PNG")
     return buffer.getvalue()

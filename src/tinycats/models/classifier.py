@@ -16,6 +16,7 @@ from torchmetrics.classification import (
     MulticlassF1Score,
 )
 
+from tinycats.models.labels import display_labels
 from tinycats.models.optim import adamw_warmup_cosine
 from tinycats.models.performance import CompiledOrEager
 from tinycats.models.report import write_report
@@ -100,6 +101,11 @@ class CatClassifier(L.LightningModule):
             self.net.to(memory_format=torch.channels_last)
         self._compiled = CompiledOrEager(self.net) if self.hparams.compile else None
 
+    @property
+    def class_labels(self) -> list[str]:
+        """A display name per class: the class names, or their indices when there are none."""
+        return display_labels(self.hparams.class_names, self.hparams.num_classes)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of float images in ``[0, 1]``."""
         images = (images - self.mean) / self.std
@@ -162,7 +168,7 @@ class CatClassifier(L.LightningModule):
         log_dir = self.trainer.log_dir  # also collective (a broadcast), so before the rank check
         if self.trainer.sanity_checking or not self.trainer.is_global_zero or not log_dir:
             return
-        names = self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)]
+        names = self.class_labels
         path = Path(log_dir) / f"confusion_{stage}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"classes": list(names), "matrix": matrix}, indent=1))

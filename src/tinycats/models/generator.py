@@ -13,6 +13,7 @@ from torchvision.transforms.v2.functional import pil_to_tensor
 from tinycats.errors import TinyCatsError
 from tinycats.models.ema import GeneratorEMA
 from tinycats.models.grid import save_labelled_grid
+from tinycats.models.labels import display_labels
 from tinycats.models.optim import adamw_warmup_cosine
 from tinycats.models.performance import CompiledOrEager
 from tinycats.networks.augment import random_flip, to_unit_range
@@ -135,7 +136,7 @@ class DiTGenerator(L.LightningModule):
     @property
     def class_labels(self) -> list[str]:
         """A display name per class: the class names, or their indices when there are none."""
-        return list(self.hparams.class_names or map(str, range(self.hparams.num_classes)))
+        return display_labels(self.hparams.class_names, self.hparams.num_classes)
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
         """The velocity the network predicts for noisy images x at times t with labels y."""
@@ -157,7 +158,7 @@ class DiTGenerator(L.LightningModule):
         generator = step_generator(self.hparams.seed, self.global_step, self.global_rank)
         x0, labels = self.training_inputs(batch, generator)
         velocity = self._compiled or self.model
-        loss = flow_loss(velocity, x0, labels, generator=generator, schedule="logit_normal")
+        loss = flow_loss(velocity, x0, labels, generator=generator)
         self.log("train/flow_loss", loss, prog_bar=True)
         return loss
 

@@ -118,19 +118,30 @@ def draw_confusion(matrix: Tensor, class_names: Sequence[str], title: str) -> Im
         )
         for j in range(num_classes):
             share = matrix[i, j].item() / row_totals[i].item()
-            colour = tuple(
-                round(e + share * (f - e)) for e, f in zip(EMPTY_COLOUR, FULL_COLOUR, strict=True)
-            )
-            x, y = left + j * CELL, top + i * CELL
-            draw.rectangle((x, y, x + CELL, y + CELL), fill=colour, outline="lightgray")
-            draw.text(
-                (x + CELL / 2, y + CELL / 2),
-                str(matrix[i, j].item()),
-                font=font,
-                fill="white" if share > 0.5 else "black",
-                anchor="mm",
-            )
+            _draw_cell(draw, (left + j * CELL, top + i * CELL), matrix[i, j].item(), share, font)
     return canvas
+
+
+def _draw_cell(
+    draw: ImageDraw.ImageDraw,
+    corner: tuple[int, int],
+    count: int,
+    share: float,
+    font: ImageFont.FreeTypeFont,
+) -> None:
+    """One cell: ``count`` on a shade from empty to full by ``share`` (of its true class)."""
+    colour = tuple(
+        round(e + share * (f - e)) for e, f in zip(EMPTY_COLOUR, FULL_COLOUR, strict=True)
+    )
+    x, y = corner
+    draw.rectangle((x, y, x + CELL, y + CELL), fill=colour, outline="lightgray")
+    draw.text(
+        (x + CELL / 2, y + CELL / 2),
+        str(count),
+        font=font,
+        fill="white" if share > 0.5 else "black",
+        anchor="mm",
+    )
 
 
 def _text_height(text: str, font: ImageFont.FreeTypeFont) -> int:

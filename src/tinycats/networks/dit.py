@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+MLP_RATIO = 4  # each block's MLP is this many times the token width, as in every DiT config
+
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     """Apply a per-sample shift and scale, given as (B, D), to every token of x (B, N, D)."""
@@ -20,16 +22,6 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------------
 # Patches
 # ----------------------------------------------------------------------------------------------
-
-
-def patchify(x: Tensor, patch_size: int) -> Tensor:
-    """Cut images (B, C, H, W) into row-major tokens (B, H/p * W/p, p * p * C)."""
-    b, c, h, w = x.shape
-    p = patch_size
-    if h % p or w % p:
-        raise ValueError(f"image size {h}x{w} is not divisible by patch size {p}")
-    x = x.reshape(b, c, h // p, p, w // p, p)
-    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p * c)
 
 
 def unpatchify(tokens: Tensor, patch_size: int) -> Tensor:
@@ -109,36 +101,32 @@ class LabelEmbedder(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention, with optional RMS normalisation of queries and keys."""
+    """Multi-head self-attention."""
 
-    def __init__(self, width: int, heads: int, qk_norm: bool) -> None:
+    def __init__(self, width: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
         self.qkv = nn.Linear(width, 3 * width)
-        head_dim = width // heads
-        # QK-norm bounds the attention logits, which keeps long or low-precision runs stable.
-        self.q_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.proj = nn.Linear(width, width)
 
     def forward(self, x: Tensor) -> Tensor:
         """Attend over tokens (B, N, D) and return (B, N, D)."""
         b, n, d = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(self.q_norm(q), self.k_norm(k), v)
+        out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
 
 class DiTBlock(nn.Module):
     """A transformer block whose norms are shifted, scaled and gated by the conditioning."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float, qk_norm: bool) -> None:
+    def __init__(self, width: int, heads: int) -> None:
         super().__init__()
         # The affine part of the norms comes from the conditioning instead of fixed parameters.
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(width, heads, qk_norm)
+        self.attn = Attention(width, heads)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        hidden = int(width * mlp_ratio)
+        hidden = MLP_RATIO * width
         # The exact (erf) GELU, not DiT's tanh approximation: the same on a GPU, and on a CPU
         # the tanh form made each MLP's forward and backward ~10% slower (plans/0009).
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
@@ -182,9 +170,7 @@ class TinyDiT(nn.Module):
         width: int = 384,
         depth: int = 12,
         heads: int = 6,
-        mlp_ratio: float = 4.0,
         num_classes: int = 12,
-        qk_norm: bool = False,
     ) -> None:
         super().__init__()
         if image_size % patch_size:
@@ -203,9 +189,7 @@ class TinyDiT(nn.Module):
         self.register_buffer("pos_embed", pos_embed, persistent=False)
         self.t_embedder = TimestepEmbedder(width)
         self.label_embedder = LabelEmbedder(num_classes, width)
-        self.blocks = nn.ModuleList(
-            DiTBlock(width, heads, mlp_ratio, qk_norm) for _ in range(depth)
-        )
+        self.blocks = nn.ModuleList(DiTBlock(width, heads) for _ in range(depth))
         self.final_layer = FinalLayer(width, patch_size, in_channels)
         self.initialize_weights()
 

@@ -18,7 +18,6 @@ from tinycats.networks.randomness import generator_on
 VelocityModel = Callable[[Tensor, Tensor, Tensor], Tensor]
 """Any callable model(x_t, t, y) -> velocity, such as a `TinyDiT`."""
 
-SCHEDULES = ("logit_normal", "uniform")
 Method = Literal["euler", "heun"]  # the ODE solvers `sample` offers
 METHODS = get_args(Method)
 
@@ -31,20 +30,14 @@ METHODS = get_args(Method)
 def sample_timesteps(
     batch: int,
     *,
-    schedule: str = "logit_normal",
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """Draw `batch` training times in (0, 1) from the named schedule."""
+    """Draw `batch` training times in (0, 1), logit-normal: the sigmoid of a standard normal."""
     # Draw where the generator lives, then move, so a CPU generator can seed GPU training.
     draw_device = generator.device if generator is not None else device
-    if schedule == "logit_normal":
-        # Concentrates times around 0.5, where the velocity is least predictable (SD3, Esser 2024).
-        t = torch.sigmoid(torch.randn(batch, generator=generator, device=draw_device))
-    elif schedule == "uniform":
-        t = torch.rand(batch, generator=generator, device=draw_device)
-    else:
-        raise ValueError(f"unknown timestep schedule {schedule!r}; choose one of {SCHEDULES}")
+    # Concentrates times around 0.5, where the velocity is least predictable (SD3, Esser 2024).
+    t = torch.sigmoid(torch.randn(batch, generator=generator, device=draw_device))
     return t.to(device)
 
 
@@ -72,14 +65,13 @@ def flow_loss(
     noise: Tensor | None = None,
     t: Tensor | None = None,
     generator: torch.Generator | None = None,
-    schedule: str = "logit_normal",
 ) -> Tensor:
     """Mean squared error between the model's velocity at a random x_t and noise - x0."""
     if noise is None:
         on_device = generator_on(x0.device, generator) if generator is not None else None
         noise = torch.randn(x0.shape, generator=on_device, device=x0.device, dtype=x0.dtype)
     if t is None:
-        t = sample_timesteps(x0.shape[0], schedule=schedule, generator=generator, device=x0.device)
+        t = sample_timesteps(x0.shape[0], generator=generator, device=x0.device)
     t = t.to(x0.dtype)
     prediction = model(interpolate(x0, noise, t), t, y)
     # Reduce in float32: under mixed precision the prediction may be bf16.
