@@ -117,7 +117,7 @@ class Settings:
     serve_warm_s: int = 5 * 60
     serve_public: bool = False
     serve_classifier: str = "newest"  # a run on the outputs volume, or the newest of the model
-    serve_generator: str = "newest"
+    serve_dit: str = "newest"
     # What a deployment may cost: at most this many Server containers at once (a burst queues
     # rather than renting more GPUs), and in public mode what one client may ask a minute.
     # Modal publishes no preemption rate: an assumed mean time between preemptions sets the
@@ -143,7 +143,7 @@ VARIABLES = {
     "serve_warm_s": "TINYCATS_SERVE_WARM_S",
     "serve_public": "TINYCATS_SERVE_PUBLIC",
     "serve_classifier": "TINYCATS_SERVE_CLASSIFIER",
-    "serve_generator": "TINYCATS_SERVE_GENERATOR",
+    "serve_dit": "TINYCATS_SERVE_DIT",
     "preemption_minutes": "TINYCATS_PREEMPTION_MINUTES",
     "serve_max_containers": "TINYCATS_SERVE_MAX_CONTAINERS",
     "serve_requests_per_min": "TINYCATS_SERVE_REQUESTS_PER_MIN",
@@ -154,6 +154,9 @@ VARIABLES = {
 def settings_from_env(environ: Mapping[str, str]) -> Settings:
     """The settings the environment gives, checked; LaunchError names the variable to fix."""
     values: dict[str, Any] = {}
+    if "TINYCATS_SERVE_GENERATOR" in environ and "TINYCATS_SERVE_DIT" not in environ:
+        print("tinycats: TINYCATS_SERVE_GENERATOR is deprecated: use TINYCATS_SERVE_DIT.")
+        environ = {**environ, "TINYCATS_SERVE_DIT": environ["TINYCATS_SERVE_GENERATOR"]}
     for name, default in vars(Settings()).items():
         variable = VARIABLES[name]
         if isinstance(default, bool):

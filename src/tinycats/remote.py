@@ -131,7 +131,7 @@ class Runner:
         return attempt.run_attempt(job, holder, box, train, modal.exception.InputCancellation)
 
     @modal.method()
-    def sample(self, run: str, breed: str, n: int, steps: int, cfg: float, seed: int) -> dict:
+    def sample(self, run: str, breed: str, n: int, steps: int, cfg_scale: float, seed: int) -> dict:
         """Draw a grid from the newest checkpoint of ``run`` (a path on the outputs volume):
         ``status: drawn`` with the PNG bytes, or ``status: refused`` with the error."""
         import tempfile
@@ -142,7 +142,7 @@ class Runner:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "grid.png"
             try:
-                draw(Path(STORAGE.outputs) / run, breed, n, steps, cfg, seed, out=out)
+                draw(Path(STORAGE.outputs) / run, breed, n, steps, cfg_scale, seed, out=out)
             except TinyCatsError as err:
                 return attempt.refuse(str(err))
             return {"status": "drawn", "png": out.read_bytes()}
@@ -228,7 +228,7 @@ def sample(
     breed: str = "all",
     n: int = 8,
     steps: int = 50,
-    cfg: float = 3.0,
+    cfg_scale: float = 3.0,
     seed: int = 0,
     out: str = "samples.png",
 ) -> None:
@@ -238,7 +238,7 @@ def sample(
             f"tinycats: --run {run} must be a path inside the {SETTINGS.outputs_volume} "
             "volume, e.g. checkpoints/dit/2026-01-31/cats."
         )
-    drawn = sampler().sample.remote(run, breed, n, steps, cfg, seed)
+    drawn = sampler().sample.remote(run, breed, n, steps, cfg_scale, seed)
     if drawn["status"] != "drawn":
         raise SystemExit(f"tinycats: {drawn['error']}")
     Path(out).write_bytes(drawn["png"])
@@ -299,7 +299,7 @@ class Server:
         from tinycats.commands.serve_models import Limits
 
         show_logs()
-        runs = (SETTINGS.serve_classifier, SETTINGS.serve_generator)
+        runs = (SETTINGS.serve_classifier, SETTINGS.serve_dit)
         self.store = load_store(Path(STORAGE.outputs), *runs, Limits(), require_a_run=False)
 
     @modal.enter(snap=False)
@@ -308,13 +308,13 @@ class Server:
         import torch
 
         reload_outputs()
-        runs = {"classifier": SETTINGS.serve_classifier, "dit": SETTINGS.serve_generator}
+        runs = {"classifier": SETTINGS.serve_classifier, "dit": SETTINGS.serve_dit}
         for kind, run in runs.items():  # "newest" may be a run trained since the snapshot
             self.store.load_default(kind, run)
         self.store.to("cuda" if torch.cuda.is_available() else "cpu")
 
     @modal.method()
-    def sample(self, run: str, breed: str, n: int, steps: int, cfg: float, seed: int) -> dict:
+    def sample(self, run: str, breed: str, n: int, steps: int, cfg_scale: float, seed: int) -> dict:
         """`Runner.sample` from a warm container: ``status: drawn`` with the PNG, or ``refused``."""
         from tinycats.commands.serve_models import BadRequest, draw
 
@@ -324,7 +324,7 @@ class Server:
                 f"--n must be 1 to {limits.max_n} and --steps 1 to {limits.max_steps}."
             )
         try:
-            png = draw(self.store.get("dit", run), breed, n, steps, cfg, seed)
+            png = draw(self.store.get("dit", run), breed, n, steps, cfg_scale, seed)
         except BadRequest as err:
             return attempt.refuse(str(err))
         return {"status": "drawn", "png": png}
