@@ -80,14 +80,21 @@ class EpochBatches(Sampler[list[int]]):
 
 
 class EpochBatchIterator(Iterator[list[int]]):
-    """One epoch of an ``EpochBatches``, whose position is its state (restored without drawing)."""
+    """One epoch of an ``EpochBatches``, whose position is its state (restored without drawing).
+
+    The epoch's order is drawn at its first batch, not when the iterator is made: Lightning
+    makes the iterator of a run resumed between two epochs before it calls ``set_epoch``
+    (plans/0011-exact-resume.md), as torch's lazy samplers allow.
+    """
 
     def __init__(self, sampler: EpochBatches) -> None:
         self.sampler = sampler
-        self.batches = sampler.batches()
+        self.batches: list[list[int]] | None = None
         self.yielded = 0
 
     def __next__(self) -> list[int]:
+        if self.batches is None:
+            self.batches = self.sampler.batches()
         if self.yielded >= len(self.batches):
             raise StopIteration
         self.yielded += 1
@@ -98,10 +105,10 @@ class EpochBatchIterator(Iterator[list[int]]):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.yielded = state["yielded"]
-        if self.yielded >= len(self.batches):
+        self.batches = None
+        if self.yielded >= len(self.sampler):
             # Saved after the epoch's last batch (a step checkpoint on it, or a stop during the
             # validation after it): Lightning counts that epoch as done and goes on with this
             # iterator, without a new iter(), so it must already be the next epoch's.
             self.sampler.set_epoch(self.sampler.epoch + 1)
-            self.batches = self.sampler.batches()
             self.yielded = 0
