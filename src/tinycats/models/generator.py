@@ -206,7 +206,16 @@ class DiTGenerator(L.LightningModule):
         )
         return images.clamp(-1, 1).add(1).div(2)
 
+    def on_train_start(self) -> None:
+        # Resumed at a grid's step, the run may have stopped before that grid was drawn; its
+        # logs continue from this step (runs/logs.py), so it is drawn again.
+        if self.global_step:
+            self._sample_grid_if_due()
+
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self._sample_grid_if_due()
+
+    def _sample_grid_if_due(self) -> None:
         every = self.hparams.sample_every_n_steps
         if every and self.global_step % every == 0:
             log_dir = Path(self.trainer.log_dir)  # a broadcast: every rank must ask for it
