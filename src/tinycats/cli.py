@@ -28,6 +28,7 @@ from tinycats.models.performance import allow_tf32, choose_precision, default_de
 from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints, no_commit
 from tinycats.runs.deadline import AttemptDeadline
 from tinycats.runs.logs import ContinueLogs, run_loggers
+from tinycats.runs.preflight import FitPreflight
 from tinycats.runs.resume import newest_run, resolve_extension, resolve_resume
 from tinycats.runs.run_dir import RunSpec, model_dir, model_group, resolve_run_dir
 
@@ -139,7 +140,10 @@ class TinyCatsCLI(LightningCLI):
         self.datamodule.commit = self.commit_data
         config = self.config_init[self.subcommand]
         self.checkpoints = build_checkpoints(config.checkpoint, self.run.path, self.commit_outputs)
-        extra = {"predict": [PrintPredictions()], "fit": [LearningRateMonitor(), ContinueLogs()]}
+        extra = {
+            "predict": [PrintPredictions()],
+            "fit": [FitPreflight(), LearningRateMonitor(), ContinueLogs()],
+        }
         self.deadline = AttemptDeadline(config.get("stop_at") or float("inf"))
         if self.subcommand == "fit":
             extra["fit"].append(self.deadline)

@@ -65,6 +65,8 @@ class DiTGenerator(L.LightningModule):
 
     run_group = "dit"
     description = "the DiT generator (a run of `tinycats fit -c configs/dit.yaml`)"
+    # What fit logs: the names a checkpoint can monitor (launch.py reads this line, torch-free).
+    fit_metrics = ("train/flow_loss", "val/flow_loss")
     # bf16-mixed trains a DiT faster than float32 on a CPU only from about this width on (ADR
     # 0014, one core of an AMX CPU: width 384 1.86x faster; 128 (mini) 0.93x, 64 (tiny) 0.62x).
     cpu_bf16_min_width = 256
