@@ -14,13 +14,19 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import TensorDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from tinycats.data.datamodule import train_batches_limit
 from tinycats.data.sampler import EpochBatches
 from tinycats.models.optim import adamw_warmup_cosine
 from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints, no_commit
 
 SIZE, BATCH, STEPS = 10, 3, 11  # 4 batches an epoch, the last one partial; ~3 epochs
-# The two limits a config can stop at: 11 steps, or 3 epochs (12 steps).
-LIMITS = {"max_steps": {"max_steps": STEPS}, "max_epochs": {"max_epochs": 3}}
+# The two limits a config can stop at: 11 steps, or 3 epochs (12 steps); and 4 epochs cut to
+# 3 batches each by limit_train_batches (12 steps).
+LIMITS = {
+    "max_steps": {"max_steps": STEPS},
+    "max_epochs": {"max_epochs": 3},
+    "limit_train_batches": {"max_epochs": 4, "limit_train_batches": 3},
+}
 
 
 class RecordBatches(L.LightningModule):
@@ -45,6 +51,7 @@ class RecordBatches(L.LightningModule):
     def train_dataloader(self) -> StatefulDataLoader:
         dataset = TensorDataset(torch.arange(SIZE))
         sampler = EpochBatches(SIZE, BATCH, seed=3, shuffle=True)
+        sampler.limit = train_batches_limit(self.trainer, len(sampler))  # as the data module does
         return StatefulDataLoader(dataset, sampler=sampler, batch_size=None)
 
 
@@ -133,7 +140,7 @@ def test_a_finished_run_extended_to_more_steps_sees_the_batches_of_a_longer_run(
     Lightning counted that epoch done; extended, it goes on with the next batch."""
     reference, _ = uninterrupted
     checkpoints = build_checkpoints(CheckpointPolicy(every_n_train_steps=5), tmp_path, no_commit)
-    fit(tmp_path, callbacks=checkpoints, max_steps=stop)
+    fit(tmp_path, callbacks=checkpoints, **{**limit, "max_steps": stop})
     assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == stop
     more = build_checkpoints(CheckpointPolicy(every_n_train_steps=5), tmp_path, no_commit)
     assert fit(tmp_path, tmp_path / "last.ckpt", more, **limit).seen == reference[stop:]

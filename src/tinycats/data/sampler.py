@@ -27,6 +27,8 @@ class EpochBatches(Sampler[list[int]]):
     Under DDP each rank takes every ``world_size``-th batch, the list padded from its start to a
     multiple of ``world_size`` (as Lightning's ``DistributedSamplerWrapper`` would share it), so
     the trainer runs with ``use_distributed_sampler=False`` and this state stays in reach.
+    ``limit`` ends each epoch after that many batches, where Lightning's ``limit_train_batches``
+    ends it: the next epoch then starts its own order, as it does in Lightning's loop.
     """
 
     def __init__(
@@ -37,6 +39,7 @@ class EpochBatches(Sampler[list[int]]):
         shuffle: bool,
         rank: int = 0,
         world_size: int = 1,
+        limit: int | None = None,
     ) -> None:
         self.size = size
         self.batch_size = batch_size
@@ -44,6 +47,7 @@ class EpochBatches(Sampler[list[int]]):
         self.shuffle = shuffle
         self.rank = rank
         self.world_size = world_size
+        self.limit = limit
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -69,14 +73,16 @@ class EpochBatches(Sampler[list[int]]):
         else:
             order = torch.arange(self.size)
         batches = [batch.tolist() for batch in order.split(self.batch_size)]
-        padded = (batches * self.world_size)[: len(self) * self.world_size]
-        return padded[self.rank :: self.world_size]
+        shared = math.ceil(len(batches) / self.world_size)
+        padded = (batches * self.world_size)[: shared * self.world_size]
+        return padded[self.rank :: self.world_size][: len(self)]
 
     def __iter__(self) -> "EpochBatchIterator":
         return EpochBatchIterator(self)
 
     def __len__(self) -> int:
-        return math.ceil(math.ceil(self.size / self.batch_size) / self.world_size)
+        shared = math.ceil(math.ceil(self.size / self.batch_size) / self.world_size)
+        return shared if self.limit is None else min(shared, self.limit)
 
 
 class EpochBatchIterator(Iterator[list[int]]):

@@ -45,9 +45,7 @@ def check_validation_interval(trainer: L.Trainer) -> None:
     interval = trainer.val_check_interval
     if not isinstance(interval, int) or trainer.check_val_every_n_epoch is None:
         return
-    batches = len(trainer.datamodule.train_dataloader())
-    limit = trainer.limit_train_batches
-    batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+    batches = len(trainer.datamodule.train_dataloader())  # limit_train_batches applied
     if interval > batches:
         raise TinyCatsError(
             f"trainer.val_check_interval={interval} batches is more than an epoch ({batches} "
