@@ -89,6 +89,7 @@ def test_the_launch_refuses_a_monitor_from_the_config_alone(overrides, refused) 
 def test_fit_metrics_are_what_fit_logs(tmp_path: Path, pets_sample: Path, model) -> None:
     data = PetsDataModule(root=str(tmp_path), source=str(pets_sample), image_size=16, batch_size=64)
     trainer = L.Trainer(
+        default_root_dir=tmp_path,  # the classifier writes its confusion matrix there
         max_steps=1,
         val_check_interval=1,  # validate after the one step
         limit_val_batches=1,
