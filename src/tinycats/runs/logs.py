@@ -17,6 +17,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
 
+from tinycats.atomic import write_atomically
+
 
 class ContinuedCSVWriter(ExperimentWriter):
     """Lightning's metrics.csv writer, keeping the rows of earlier attempts until told the step.
@@ -47,15 +49,24 @@ class ContinuedCSVWriter(ExperimentWriter):
             self.metrics = [row for row in self.metrics if row not in redone]
         super().save()
 
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        # Lightning's rewrite, made atomic: a kill during it must not cost the run's history.
+        self._write(_read_rows(self.metrics_file_path)[1])
+
     def _write(self, rows: list[dict[str, Any]]) -> None:
+        """Replace metrics.csv by ``rows`` under the current header, atomically."""
+        path = Path(self.metrics_file_path)
         if not rows:
-            if os.path.isfile(self.metrics_file_path):
-                os.remove(self.metrics_file_path)
+            path.unlink(missing_ok=True)
             return
-        with open(self.metrics_file_path, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
-            writer.writeheader()
-            writer.writerows(rows)
+
+        def write(partial: Path) -> None:
+            with open(partial, "w", newline="") as file:
+                writer = csv.DictWriter(file, fieldnames=self.metrics_keys)
+                writer.writeheader()
+                writer.writerows(rows)
+
+        write_atomically(path, write)
 
 
 class ContinuedCSVLogger(CSVLogger):
@@ -119,7 +130,7 @@ def _read_rows(path: str) -> tuple[list[str], list[dict[str, Any]]]:
         return [], []
     with open(path, newline="") as file:
         reader = csv.DictReader(file)
-        return list(reader.fieldnames or []), list(reader)
+        return list(reader.fieldnames or []), [row for row in reader if row.get("step")]
 
 
 def _identity(row: dict[str, Any]) -> tuple:
