@@ -3,13 +3,15 @@
     python -m benchmarks.chaos [--trials N] [--seed S] [--kills K] [--quick] [--configs A B]
     python -m benchmarks.chaos --configs dit --replay SEED     # one trial again, same kills
 
-Per config (benchmarks/configs/chaos/): one uninterrupted run, then N trials. A trial starts on
+Per config (benchmarks/derived_configs.py: each shipped config shrunk, and a few extra cases):
+one uninterrupted run, then N trials. A trial starts on
 a fresh data root (so the image cache is built again) and a fresh run folder, launches
 ``tinycats fit`` up to K times, each time sending SIGKILL or SIGINT (to the whole process
 group, as a container stop would) at a moment drawn uniformly over the uninterrupted run's
 wall time (start-up, cache build, restore, steps, validation, sample grids, checkpoint
 writes), then runs it to the end. Its ``last.ckpt`` must equal the uninterrupted one's in the
-global step, the weights (the EMA's too), the optimizer state and the LR schedulers.
+global step, the weights (the EMA's too), the optimizer state and the LR schedulers, and its
+metrics.csv the uninterrupted one's, row for row.
 
 Where a kill landed is read at the moment of the signal: the last line a ``PhaseTrace``
 callback (benchmarks/chaos_trace.py) wrote, a ``*.partial`` checkpoint being written, the image
@@ -19,6 +21,7 @@ kills; ``--replay SEED`` runs that trial again.
 """
 
 import argparse
+import csv
 import os
 import random
 import signal
@@ -31,23 +34,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lightning
 import torch
-import yaml
 
+from benchmarks import derived_configs
 from benchmarks.chaos_trace import TRACE_ENV
+from benchmarks.harness import replace_section
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO / "benchmarks/configs/chaos"
-CONFIGS = (
-    "classifier",
-    "classifier_midval",
-    "classifier_best",
-    "classifier_accumulate",
-    "classifier_partial",
-    "dit",
-    "classifier_ddp",
-)
-QUICK_TRIALS = {"classifier_partial": 2, "dit": 1}  # --quick (CI): 3 trials, up to 2 kills
+CONFIGS = tuple(derived_configs.names())
+QUICK_TRIALS = {"classifier_sample": 2, "dit_sample": 1}  # --quick (CI): 3 trials, up to 2 kills
 PHOTOS = REPO / "data/sample/images"  # the sample that ships with the repository
 RUN = "checkpoints/*/2026-01-01/chaos"
 SIGNALS = {"SIGKILL": signal.SIGKILL, "SIGINT": signal.SIGINT}
@@ -62,6 +58,7 @@ COMPARED = (
 )
 
 HEADING = "## Kill harness"  # its section of benchmarks/results.md, kept by the suite
+RESULTS = REPO / "benchmarks/results.md"
 
 
 @dataclass
@@ -96,10 +93,11 @@ def command(config: str, root: Path, photos: Path) -> list[str]:
         "tinycats",
         "fit",
         "-c",
-        str(CONFIG_DIR / f"{config}.yaml"),
+        str(derived_configs.write(config, root)),
         f"--run.outputs={root / 'outputs'}",
         f"--data.root={root / 'data'}",
         f"--data.source={photos}",
+        "--run.name=chaos",
         "--run.date=2026-01-01",
         "--trainer.callbacks+=benchmarks.chaos_trace.PhaseTrace",
     ]
@@ -164,10 +162,12 @@ def landed(config: str, root: Path) -> str:
 
 
 def final_state(root: Path) -> dict[str, Any]:
-    """The compared parts of a finished run's ``last.ckpt``."""
-    (path,) = (root / "outputs").glob(f"{RUN}/last.ckpt")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    return {key: checkpoint.get(key) for key in COMPARED}
+    """The compared parts of a finished run's ``last.ckpt``, and its metrics.csv rows."""
+    (run,) = (root / "outputs").glob(RUN)
+    checkpoint = torch.load(run / "last.ckpt", map_location="cpu", weights_only=False)
+    with open(run / "metrics.csv", newline="") as file:
+        logged = list(csv.DictReader(file))
+    return {**{key: checkpoint.get(key) for key in COMPARED}, "metrics.csv": logged}
 
 
 def differences(a: Any, b: Any, where: str = "") -> list[str]:
@@ -254,8 +254,14 @@ def table(trials: list[Trial]) -> str:
     return "\n".join(rows)
 
 
+def _cpu_name() -> str:
+    info = Path("/proc/cpuinfo")
+    names = [line for line in info.read_text().splitlines() if line.startswith("model name")]
+    return names[0].split(":", 1)[1].strip() if names else "an unknown CPU"
+
+
 def _model_args(config: str) -> dict[str, Any]:
-    return yaml.safe_load((CONFIG_DIR / f"{config}.yaml").read_text())["model"]["init_args"]
+    return derived_configs.derived(config)["model"]["init_args"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,18 +280,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help=f"trials of {QUICK_TRIALS}")
     parser.add_argument("--replay", type=int, default=None, help="run one trial of this seed")
     parser.add_argument("--photos", type=Path, default=PHOTOS, help="the data source folder")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS, help=f"replaces its {HEADING!r} section there"
+    )
     args = parser.parse_args(argv)
     configs = args.configs or (tuple(QUICK_TRIALS) if args.quick else CONFIGS)
     trials_each = args.trials
     max_kills = min(args.kills, 2) if args.quick else args.kills
     seed = random.randrange(2**31) if args.seed is None else args.seed
     quick = "--quick " if args.quick else ""
-    print(
+    invocation = (
         f"python -m benchmarks.chaos {quick}--seed {seed} --trials {trials_each} --ddp-trials "
         f"{args.ddp_trials} --kills {max_kills} --configs {' '.join(configs)}  "
-        f"(photos: {args.photos})",
-        flush=True,
+        f"(photos: {args.photos})"
     )
+    print(invocation, flush=True)
     draw = random.Random(seed)
     trials = []
     for config in configs:
@@ -306,7 +315,29 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     print(table(trials))
+    if not args.quick and args.replay is None:
+        replace_section(args.out, HEADING, section(invocation, trials))
+        print(f"(written to the {HEADING!r} section of {args.out})")
     return 0 if all(t.equal for t in trials) else 1
+
+
+def section(invocation: str, trials: list[Trial]) -> str:
+    """The harness's section of benchmarks/results.md: what ran, where, and the table."""
+    different = sum(not t.equal for t in trials)
+    return (
+        f"{HEADING} (`benchmarks/chaos.py`)\n\n"
+        f"Not part of `python -m benchmarks` (the suite keeps this section as it is). Written by "
+        f"the harness on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {_cpu_name()}, "
+        f"{os.cpu_count()} cores, torch {torch.__version__}, Lightning {lightning.__version__}:\n\n"
+        f"```\n{invocation}\n```\n\n"
+        "Each config is a shipped config (configs/) shrunk in size only, or an extra case "
+        "(benchmarks/derived_configs.py). Each trial kills `tinycats fit` at uniformly random "
+        "moments of its process's life (SIGKILL or SIGINT), runs it again to the end, and "
+        "compares weights, optimizer state, LR schedulers, EMA weights, the global step "
+        "(`torch.equal`) and metrics.csv (row for row) with the uninterrupted run.\n\n"
+        f"{table(trials)}\n\n"
+        f"**{len(trials)} trials, {different} with a different final state or log.**\n"
+    )
 
 
 if __name__ == "__main__":

@@ -14,10 +14,19 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.utils.data import TensorDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from tinycats.data.datamodule import train_batches_limit
 from tinycats.data.sampler import EpochBatches
+from tinycats.models.optim import adamw_warmup_cosine
 from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints, no_commit
 
 SIZE, BATCH, STEPS = 10, 3, 11  # 4 batches an epoch, the last one partial; ~3 epochs
+# The two limits a config can stop at: 11 steps, or 3 epochs (12 steps); and 4 epochs cut to
+# 3 batches each by limit_train_batches (12 steps).
+LIMITS = {
+    "max_steps": {"max_steps": STEPS},
+    "max_epochs": {"max_epochs": 3},
+    "limit_train_batches": {"max_epochs": 4, "limit_train_batches": 3},
+}
 
 
 class RecordBatches(L.LightningModule):
@@ -25,6 +34,7 @@ class RecordBatches(L.LightningModule):
 
     def __init__(self) -> None:
         super().__init__()
+        self.save_hyperparameters({"lr": 0.01, "weight_decay": 0.0, "warmup_fraction": 0.25})
         torch.manual_seed(0)  # every run starts from the same weights
         self.layer = torch.nn.Linear(1, 1)
         self.seen: list[list[int]] = []
@@ -35,11 +45,13 @@ class RecordBatches(L.LightningModule):
         return self.layer(indices.float().unsqueeze(1)).sum()
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
+        # The models' own optimizer: its horizon asks the trainer for estimated_stepping_batches.
+        return adamw_warmup_cosine(self)
 
     def train_dataloader(self) -> StatefulDataLoader:
         dataset = TensorDataset(torch.arange(SIZE))
         sampler = EpochBatches(SIZE, BATCH, seed=3, shuffle=True)
+        sampler.limit = train_batches_limit(self.trainer, len(sampler))  # as the data module does
         return StatefulDataLoader(dataset, sampler=sampler, batch_size=None)
 
 
@@ -58,7 +70,6 @@ def fit(
     root: Path,
     ckpt_path: Path | None = None,
     callbacks: list[L.Callback] | None = None,
-    max_steps: int = STEPS,
     **trainer_args,
 ) -> RecordBatches:
     model = RecordBatches()
@@ -67,7 +78,6 @@ def fit(
     )
     trainer = L.Trainer(
         default_root_dir=root,
-        max_steps=max_steps,
         accelerator="cpu",
         logger=False,
         enable_progress_bar=False,
@@ -80,49 +90,60 @@ def fit(
     return model
 
 
+@pytest.fixture(scope="module", params=sorted(LIMITS))
+def limit(request) -> dict[str, int]:
+    """The trainer's limit: ``max_steps``, or ``max_epochs`` as every shipped classifier has."""
+    return LIMITS[request.param]
+
+
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> tuple[list[list[int]], Path]:
+def uninterrupted(tmp_path_factory, limit) -> tuple[list[list[int]], Path]:
     root = tmp_path_factory.mktemp("reference")
-    return fit(root).seen, root
+    return fit(root, **limit).seen, root
 
 
 @pytest.mark.parametrize("step", [2, 4, 5, 7, 8, 10], ids=lambda s: f"step{s}")
-def test_a_resumed_run_sees_the_batches_of_the_uninterrupted_run(tmp_path, uninterrupted, step):
+def test_a_resumed_run_sees_the_batches_of_the_uninterrupted_run(
+    tmp_path, uninterrupted, limit, step
+):
     """Steps 4 and 8 end an epoch (the restored iterator is spent); 5, 7 and 10 are in later epochs."""
     reference, root = uninterrupted
-    resumed = fit(tmp_path, ckpt_path=root / f"step={step}.ckpt")
+    resumed = fit(tmp_path, ckpt_path=root / f"step={step}.ckpt", **limit)
     assert resumed.seen == reference[step:]
 
 
 @pytest.mark.parametrize("step", [4, 6, 8], ids=lambda s: f"step{s}")
 def test_a_run_stopped_by_a_signal_resumes_with_the_batches_of_the_uninterrupted_run(
-    tmp_path, uninterrupted, step
+    tmp_path, uninterrupted, limit, step
 ):
     """At an epoch's last batch (4, 8) Lightning stops after counting the epoch done, and saves
     last.ckpt there; resumed as Lightning restores it, the next epoch would have no batch."""
     reference, _ = uninterrupted
     checkpoints = build_checkpoints(CheckpointPolicy(every_n_train_steps=3), tmp_path, no_commit)
     with pytest.raises(SIGTERMException):
-        fit(tmp_path, callbacks=[*checkpoints, StopAt(step)])
+        fit(tmp_path, callbacks=[*checkpoints, StopAt(step)], **limit)
     assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == step
     resumed = fit(
-        tmp_path, tmp_path / "last.ckpt", build_checkpoints(CheckpointPolicy(), tmp_path, no_commit)
+        tmp_path,
+        tmp_path / "last.ckpt",
+        build_checkpoints(CheckpointPolicy(), tmp_path, no_commit),
+        **limit,
     )
     assert resumed.seen == reference[step:]
 
 
 @pytest.mark.parametrize("stop", [6, 8], ids=lambda s: f"step{s}")
 def test_a_finished_run_extended_to_more_steps_sees_the_batches_of_a_longer_run(
-    tmp_path, uninterrupted, stop
+    tmp_path, uninterrupted, limit, stop
 ):
     """A run that reached max_steps mid-epoch (6) or at an epoch's end (8) saves last.ckpt after
     Lightning counted that epoch done; extended, it goes on with the next batch."""
     reference, _ = uninterrupted
     checkpoints = build_checkpoints(CheckpointPolicy(every_n_train_steps=5), tmp_path, no_commit)
-    fit(tmp_path, callbacks=checkpoints, max_steps=stop)
+    fit(tmp_path, callbacks=checkpoints, **{**limit, "max_steps": stop})
     assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == stop
     more = build_checkpoints(CheckpointPolicy(every_n_train_steps=5), tmp_path, no_commit)
-    assert fit(tmp_path, tmp_path / "last.ckpt", more).seen == reference[stop:]
+    assert fit(tmp_path, tmp_path / "last.ckpt", more, **limit).seen == reference[stop:]
 
 
 class StopMidAccumulation(L.Callback):

@@ -1,20 +1,31 @@
 """Exact resume: a training process killed at any moment, rerun, ends with the same weights."""
 
+import functools
 import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-CONFIG = "tests/configs/classifier_resume.yaml"
+from benchmarks import derived_configs
+
+STEPS = 24
 RUN = "checkpoints/classifier/2026-03-04/resume"
 TIMEOUT = 300
 
 pytestmark = pytest.mark.slow
+
+
+@functools.cache
+def config() -> str:
+    """configs/classifier.yaml shrunk (benchmarks/derived_configs.py): 3 epochs of 8 steps, a
+    checkpoint every 5, validation and best.ckpt at each epoch's end."""
+    return str(derived_configs.write("classifier", Path(tempfile.mkdtemp(prefix="test-resume-"))))
 
 
 def command(outputs: Path, data: Path, sample: Path) -> list[str]:
@@ -24,10 +35,11 @@ def command(outputs: Path, data: Path, sample: Path) -> list[str]:
         "tinycats",
         "fit",
         "-c",
-        CONFIG,
+        config(),
         f"--run.outputs={outputs}",
         f"--data.root={data}",
         f"--data.source={sample}",
+        "--run.name=resume",
         "--run.date=2026-03-04",
     ]
 
@@ -61,7 +73,7 @@ def interrupt(
 
 def final_state(outputs: Path) -> dict:
     checkpoint = torch.load(outputs / RUN / "last.ckpt", map_location="cpu", weights_only=False)
-    assert checkpoint["global_step"] == 16
+    assert checkpoint["global_step"] == STEPS
     return checkpoint
 
 

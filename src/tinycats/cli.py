@@ -13,7 +13,6 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from tinycats.commands.parsing import HelpFormatter
@@ -31,6 +30,8 @@ from tinycats.runs import ledger
 from tinycats.runs.attempt_clock import AttemptClock
 from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints, no_commit
 from tinycats.runs.deadline import AttemptDeadline
+from tinycats.runs.logs import ContinueLogs, run_loggers
+from tinycats.runs.preflight import FitPreflight
 from tinycats.runs.resume import newest_run, resolve_extension, resolve_resume
 from tinycats.runs.run_dir import RunSpec, model_dir, model_group, resolve_run_dir
 
@@ -170,7 +171,10 @@ class TinyCatsCLI(LightningCLI):
         self.datamodule.commit = self.commit_data
         config = self.config_init[self.subcommand]
         self.checkpoints = build_checkpoints(config.checkpoint, self.run.path, self.commit_outputs)
-        extra = {"predict": [PrintPredictions()], "fit": [LearningRateMonitor()]}
+        extra = {
+            "predict": [PrintPredictions()],
+            "fit": [FitPreflight(), LearningRateMonitor(), ContinueLogs()],
+        }
         self.deadline = AttemptDeadline(config.get("stop_at") or float("inf"))
         if self.subcommand == "fit":
             extra["fit"] += [self.deadline, self.clock]
@@ -178,16 +182,10 @@ class TinyCatsCLI(LightningCLI):
         device_type = _device_type(config.trainer.accelerator)
         precision = choose_precision(config.trainer.precision, device_type, self.model)
         log.info("Precision: %s, as %s.", precision.precision or "32-true", precision.reason)
-        # fit logs into the run directory; validate/test/predict into their own folder, so
-        # they never rewrite the training history. CSV first: it is trainer.log_dir.
-        version = "" if self.subcommand == "fit" else self.subcommand
         return super().instantiate_trainer(
             precision=precision.precision,
             default_root_dir=str(self.run.path),
-            logger=[
-                CSVLogger(self.run.path, name="", version=version),
-                TensorBoardLogger(self.run.path, name="", version=version, default_hp_metric=False),
-            ],
+            logger=run_loggers(self.run.path, self.subcommand),
             callbacks=[
                 *(config.trainer.callbacks or []),
                 *self.checkpoints,

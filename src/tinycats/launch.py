@@ -239,6 +239,29 @@ def check_config(
     return config
 
 
+def check_monitored_metric(config: dict[str, Any], overrides: list[str]) -> None:
+    """Refuse a ``checkpoint.best_monitor`` the config's model never logs in fit, or logs only in
+    a validation the config never runs: on the GPU it would fail at the first validation."""
+    monitor = override_value(overrides, "--checkpoint.best_monitor")
+    if monitor is None:
+        monitor = (config.get("checkpoint") or {}).get("best_monitor") or ""
+    class_name = config["model"].get("class_path", "").rpartition(".")[2]
+    logged = _fit_metrics(class_name)
+    if not monitor or logged is None:
+        return
+    if monitor not in (*logged, "epoch", "step"):
+        raise LaunchError(
+            f"checkpoint.best_monitor={monitor!r} is never logged by {class_name}, so best.ckpt "
+            f"could never be chosen. It logs {', '.join(logged)}: pick one of them."
+        )
+    shares = _split_shares(override_value(overrides, "--data.split") or config["data"].get("split"))
+    if monitor.startswith("val/") and shares is not None and not shares[1]:
+        raise LaunchError(
+            f"checkpoint.best_monitor={monitor!r} is logged by validation, and data.split "
+            f"{list(shares)} leaves no validation images. Give it a validation share."
+        )
+
+
 def start_checkpoint(config: dict[str, Any], overrides: list[str]) -> tuple[list[str], str]:
     """The overrides without a start checkpoint, and that checkpoint ("" for none).
 
@@ -413,6 +436,28 @@ def _model_classes() -> list[str]:
         ):
             return list(ast.literal_eval(node.value))
     return []
+
+
+def _split_shares(split: Any) -> list[float] | None:
+    """``data.split`` as numbers (None when unset or unreadable: the container checks it)."""
+    try:
+        shares = ast.literal_eval(split) if isinstance(split, str) else split
+        return [float(share) for share in shares] if shares is not None else None
+    except (ValueError, TypeError, SyntaxError):
+        return None
+
+
+def _fit_metrics(class_name: str) -> tuple[str, ...] | None:
+    """A model's ``fit_metrics``, read from its source without importing torch (None: unknown)."""
+    for path in (Path(__file__).resolve().parent / "models").glob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef) and node.name == class_name:
+                for statement in node.body:
+                    if isinstance(statement, ast.Assign) and any(
+                        getattr(t, "id", "") == "fit_metrics" for t in statement.targets
+                    ):
+                        return tuple(ast.literal_eval(statement.value))
+    return None
 
 
 # ## What a GPU costs (the one price table: the README's "Choose a GPU" shows the same figures)

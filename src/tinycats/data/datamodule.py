@@ -7,6 +7,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.connectors.data_connector import _parse_num_batches
+from lightning.pytorch.trainer.states import RunningStage
 from torch.utils.data import Dataset, TensorDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -169,6 +171,8 @@ class PetsDataModule(L.LightningDataModule):
             rank=self.trainer.global_rank if shared else 0,
             world_size=self.trainer.world_size if shared else 1,
         )
+        if split == "train" and self.trainer is not None:
+            batches.limit = train_batches_limit(self.trainer, len(batches))
         on_device = split != "predict" and self.images_on_device
         workers = 0 if on_device else self._workers()
         return StatefulDataLoader(
@@ -192,3 +196,9 @@ class PetsDataModule(L.LightningDataModule):
             return True
         log.info("The images (%.1f GB) stay in host memory: too big for %s.", nbytes / 1e9, device)
         return False
+
+
+def train_batches_limit(trainer: L.Trainer, batches: int) -> int:
+    """The training batches an epoch of ``batches`` takes under ``trainer.limit_train_batches``,
+    as Lightning counts them (its own function: a count, or a share rounded down)."""
+    return int(_parse_num_batches(RunningStage.TRAINING, batches, trainer.limit_train_batches))

@@ -27,6 +27,8 @@ class EpochBatches(Sampler[list[int]]):
     Under DDP each rank takes every ``world_size``-th batch, the list padded from its start to a
     multiple of ``world_size`` (as Lightning's ``DistributedSamplerWrapper`` would share it), so
     the trainer runs with ``use_distributed_sampler=False`` and this state stays in reach.
+    ``limit`` ends each epoch after that many batches, where Lightning's ``limit_train_batches``
+    ends it: the next epoch then starts its own order, as it does in Lightning's loop.
     """
 
     def __init__(
@@ -37,6 +39,7 @@ class EpochBatches(Sampler[list[int]]):
         shuffle: bool,
         rank: int = 0,
         world_size: int = 1,
+        limit: int | None = None,
     ) -> None:
         self.size = size
         self.batch_size = batch_size
@@ -44,6 +47,7 @@ class EpochBatches(Sampler[list[int]]):
         self.shuffle = shuffle
         self.rank = rank
         self.world_size = world_size
+        self.limit = limit
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -69,25 +73,34 @@ class EpochBatches(Sampler[list[int]]):
         else:
             order = torch.arange(self.size)
         batches = [batch.tolist() for batch in order.split(self.batch_size)]
-        padded = (batches * self.world_size)[: len(self) * self.world_size]
-        return padded[self.rank :: self.world_size]
+        shared = math.ceil(len(batches) / self.world_size)
+        padded = (batches * self.world_size)[: shared * self.world_size]
+        return padded[self.rank :: self.world_size][: len(self)]
 
     def __iter__(self) -> "EpochBatchIterator":
         return EpochBatchIterator(self)
 
     def __len__(self) -> int:
-        return math.ceil(math.ceil(self.size / self.batch_size) / self.world_size)
+        shared = math.ceil(math.ceil(self.size / self.batch_size) / self.world_size)
+        return shared if self.limit is None else min(shared, self.limit)
 
 
 class EpochBatchIterator(Iterator[list[int]]):
-    """One epoch of an ``EpochBatches``, whose position is its state (restored without drawing)."""
+    """One epoch of an ``EpochBatches``, whose position is its state (restored without drawing).
+
+    The epoch's order is drawn at its first batch, not when the iterator is made: Lightning
+    makes the iterator of a run resumed between two epochs before it calls ``set_epoch``
+    (plans/0011-exact-resume.md), as torch's lazy samplers allow.
+    """
 
     def __init__(self, sampler: EpochBatches) -> None:
         self.sampler = sampler
-        self.batches = sampler.batches()
+        self.batches: list[list[int]] | None = None
         self.yielded = 0
 
     def __next__(self) -> list[int]:
+        if self.batches is None:
+            self.batches = self.sampler.batches()
         if self.yielded >= len(self.batches):
             raise StopIteration
         self.yielded += 1
@@ -98,10 +111,10 @@ class EpochBatchIterator(Iterator[list[int]]):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.yielded = state["yielded"]
-        if self.yielded >= len(self.batches):
+        self.batches = None
+        if self.yielded >= len(self.sampler):
             # Saved after the epoch's last batch (a step checkpoint on it, or a stop during the
             # validation after it): Lightning counts that epoch as done and goes on with this
             # iterator, without a new iter(), so it must already be the next epoch's.
             self.sampler.set_epoch(self.sampler.epoch + 1)
-            self.batches = self.sampler.batches()
             self.yielded = 0

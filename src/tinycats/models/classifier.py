@@ -48,6 +48,8 @@ class CatClassifier(L.LightningModule):
 
     run_group = "classifier"
     description = "the classifier (a run of `tinycats fit -c configs/classifier.yaml`)"
+    # What fit logs: the names a checkpoint can monitor (launch.py reads this line, torch-free).
+    fit_metrics = ("train/loss", "val/acc", "val/f1")
     # Loading a trained one: its checkpoint holds the weights, so nothing is downloaded.
     load_overrides: ClassVar[dict[str, Any]] = {"weights": None}
 

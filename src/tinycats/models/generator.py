@@ -66,6 +66,8 @@ class DiTGenerator(L.LightningModule):
 
     run_group = "dit"
     description = "the DiT generator (a run of `tinycats fit -c configs/dit.yaml`)"
+    # What fit logs: the names a checkpoint can monitor (launch.py reads this line, torch-free).
+    fit_metrics = ("train/flow_loss", "val/flow_loss")
     # bf16-mixed trains a DiT faster than float32 on a CPU only from about this width on (ADR
     # 0014, one core of an AMX CPU: width 384 1.86x faster; 128 (mini) 0.93x, 64 (tiny) 0.62x).
     cpu_bf16_min_width = 256
@@ -207,7 +209,16 @@ class DiTGenerator(L.LightningModule):
         )
         return images.clamp(-1, 1).add(1).div(2)
 
+    def on_train_start(self) -> None:
+        # Resumed at a grid's step, the run may have stopped before that grid was drawn; its
+        # logs continue from this step (runs/logs.py), so it is drawn again.
+        if self.global_step:
+            self._sample_grid_if_due()
+
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self._sample_grid_if_due()
+
+    def _sample_grid_if_due(self) -> None:
         every = self.hparams.sample_every_n_steps
         if every and self.global_step % every == 0:
             log_dir = Path(self.trainer.log_dir)  # a broadcast: every rank must ask for it

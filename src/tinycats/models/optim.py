@@ -48,7 +48,21 @@ def adamw_warmup_cosine(module: L.LightningModule) -> dict[str, Any]:
     optimizer = torch.optim.AdamW(
         module.parameters(), lr=hparams.lr, weight_decay=hparams.weight_decay, fused=True
     )
-    # The horizon comes from the trainer (max_steps or epochs × batches), never from a constant.
-    total = int(module.trainer.estimated_stepping_batches)
+    total = training_horizon(module.trainer)
     scheduler = warmup_cosine(optimizer, total, hparams.warmup_fraction)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def training_horizon(trainer: L.Trainer) -> int:
+    """The optimizer steps the run will take: Lightning's ``estimated_stepping_batches``.
+
+    Under ``max_epochs`` Lightning builds the training loader to count its batches, before it
+    restores a checkpoint, and then never gives that loader the checkpoint's position: a resumed
+    run would start its epoch from the first batch (Lightning issue #20550, plans/0011). The
+    fit loop is handed back its loader unbuilt, so it builds and restores it when fit starts.
+    """
+    built_before = trainer.fit_loop._combined_loader is not None
+    total = int(trainer.estimated_stepping_batches)
+    if not built_before:
+        trainer.fit_loop._combined_loader = None
+    return total

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 STEP_FILENAME = "step={step:08d}"
 LAST = ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION
+# Set in a checkpoint saved before or during a validation that is due: it is run on resume.
+VALIDATION_PENDING = "tinycats_validation_pending"
 
 
 def no_commit() -> None:
@@ -80,6 +82,11 @@ class VolumeCheckpoint(ModelCheckpoint):
             self._previous_sigint = signal.signal(
                 signal.SIGINT, lambda *_: os.kill(os.getpid(), signal.SIGTERM)
             )
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint[VALIDATION_PENDING] = _validation_pending(trainer)
 
     def on_load_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -193,6 +200,9 @@ def resume_where_the_run_stopped(checkpoint: dict[str, Any]) -> None:
     fit = checkpoint.get("loops", {}).get("fit_loop")
     if not fit:
         return
+    if checkpoint.pop(VALIDATION_PENDING, False):
+        _run_the_pending_validation(fit)
+        return
     epochs = fit["epoch_progress"]
     batches = fit["epoch_loop.batch_progress"]
     counted = {epochs["current"][k] for k in ("ready", "started", "processed", "completed")}
@@ -210,6 +220,36 @@ def resume_where_the_run_stopped(checkpoint: dict[str, Any]) -> None:
     _zero(optimizer["step"]["current"])
     _zero(optimizer["zero_grad"]["current"])
     _zero(fit["epoch_loop.val_loop.batch_progress"]["total"])
+
+
+def _run_the_pending_validation(fit: dict[str, Any]) -> None:
+    """Restore a checkpoint saved before or during a due validation as one stopped at its start.
+
+    Lightning restores a checkpoint of a batch's end, or of a signal stop between validation
+    batches, as if that validation had run, and skips it: its logged metrics and its
+    ``best.ckpt`` candidate would be missing from the resumed run.
+    Marked as a batch finished with its validation started, Lightning runs the validation first
+    (its "restarted mid-evaluation" path), then trains on, logging at the steps it would have.
+    """
+    batches = fit["epoch_loop.batch_progress"]
+    for progress in (batches["total"], batches["current"]):
+        progress["completed"] = progress["processed"]
+    validation = fit["epoch_loop.val_loop.batch_progress"]
+    done = validation["total"]["completed"]
+    validation["total"].update(ready=done + 1, started=done + 1, processed=done, completed=done)
+    _zero(validation["current"])
+
+
+def _validation_pending(trainer: L.Trainer) -> bool:
+    """Whether a validation is under way (a signal stopped it) or due after this batch's end."""
+    if trainer.sanity_checking:
+        return False
+    if trainer.validating:
+        return True
+    loop = trainer.fit_loop.epoch_loop
+    batches = loop.batch_progress.total
+    at_batch_end = batches.completed == batches.processed - 1
+    return at_batch_end and loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
 
 
 def _zero(counters: dict[str, int]) -> None:
