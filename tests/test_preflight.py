@@ -78,6 +78,14 @@ def test_the_launch_refuses_a_monitor_from_the_config_alone(overrides, refused) 
             launch.check_monitored_metric(config, overrides)
 
 
+def test_the_modal_launch_checks_the_monitor_before_renting_a_gpu() -> None:
+    text = Path("configs/classifier.yaml").read_text()
+    with pytest.raises(launch.LaunchError, match="never logged by CatClassifier"):
+        launch.check_config(
+            text, "configs/classifier.yaml", ["--checkpoint.best_monitor=val/loss"], "/data", "v"
+        )
+
+
 @pytest.mark.parametrize(
     "model",
     [

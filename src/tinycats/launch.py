@@ -236,6 +236,7 @@ def check_config(
             f"cannot see. Upload it once (modal volume put {data_volume} {data_source} photos) "
             f"and train on {data_mount}/photos (--overrides='--data.source={data_mount}/photos')."
         )
+    check_monitored_metric(config, overrides)
     return config
 
 
