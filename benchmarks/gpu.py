@@ -39,9 +39,8 @@ from unittest import mock
 
 import torch
 
-from benchmarks import checkpoint, gpu_runs, step_split
+from benchmarks import checkpoint, derived_configs, gpu_runs, step_split
 from benchmarks.__main__ import machine
-from benchmarks.chaos import CONFIG_DIR
 from benchmarks.harness import (
     REPO,
     Setup,
@@ -66,7 +65,7 @@ class Plan:
     train_seconds: float
     compile_steps: int  # timed steps of each of eager and compiled, after two warm-up steps
     compile_backend: str
-    kill_config: Path
+    kill_config: Path | str  # a config file, or the name of a derived config
     kill_overrides: tuple[str, ...]
     kill_modes: tuple[str, ...]  # of gpu_runs.MODES
     ddp_steps: int
@@ -95,7 +94,7 @@ DRY_PLAN = Plan(
     train_seconds=3,
     compile_steps=2,
     compile_backend="aot_eager",
-    kill_config=CONFIG_DIR / "dit.yaml",
+    kill_config="dit",  # the shipped configs/dit.yaml shrunk (benchmarks/derived_configs.py)
     kill_overrides=(),
     kill_modes=("deterministic",),  # the default mode runs the same code without two flags
     ddp_steps=6,
@@ -195,7 +194,10 @@ def checkpoint_stall(setup: Setup) -> str:
 def kill_and_resume(setup: Setup, plan: Plan, out: Path) -> str:
     """What stays bit-equal after a SIGKILL and a resume (benchmarks/gpu_runs.py)."""
     folder = out / "runs" / "kill"
-    return gpu_runs.kill_and_resume(plan.kill_config, plan.kill_overrides, plan.kill_modes, folder)
+    config = plan.kill_config
+    if isinstance(config, str):
+        config = derived_configs.write(config, folder / "configs")
+    return gpu_runs.kill_and_resume(config, plan.kill_overrides, plan.kill_modes, folder)
 
 
 def ddp(setup: Setup, plan: Plan, out: Path) -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import checkpoint, gpu
+from benchmarks import checkpoint, derived_configs, gpu
 
 
 def test_without_a_gpu_it_names_the_dry_run_and_exits_2(monkeypatch, capsys) -> None:
@@ -47,6 +47,8 @@ def test_the_checkpoint_stall_is_the_writers_part_where_it_exists(monkeypatch) -
 
 @pytest.mark.parametrize("plan", [gpu.GPU_PLAN, gpu.DRY_PLAN])
 def test_each_plan_names_configs_that_exist(plan) -> None:
-    for config in (plan.dit, plan.classifier, plan.kill_config):
+    for config in (plan.dit, plan.classifier):
         assert (gpu.REPO / config).is_file()
+    kill = plan.kill_config
+    assert kill in derived_configs.names() if isinstance(kill, str) else (gpu.REPO / kill).is_file()
     assert set(plan.kill_modes) <= set(gpu.gpu_runs.MODES)
