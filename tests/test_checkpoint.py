@@ -14,8 +14,7 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 
 from tinycats.cli import run_cli
 from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints, no_commit
-from tinycats.runs.resume import newest_first, resumable_checkpoints
-from tinycats.runs.run_dir import RunSpec, resolve_run_dir
+from tinycats.runs.run_dir import RunSpec, newest_first, resolve_run_dir, resumable_checkpoints
 
 TINY = "tests/configs/classifier_tiny.yaml"
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tinycats import launch as checks
-from tinycats.atomic import write_atomically
+from tinycats.atomic import no_commit, write_atomically
 from tinycats.errors import (
     EXIT_CONTINUE,
     EXIT_INTERRUPTED,
@@ -34,7 +34,7 @@ from tinycats.errors import (
     TinyCatsError,
     TransientError,
 )
-from tinycats.runs import ledger
+from tinycats.runs import ledger, run_dir
 
 Train = Callable[[list[str]], dict[str, Any]]
 
@@ -86,19 +86,19 @@ class Container:
 
 
 def run_folder(launch: Launch, outputs: str) -> Path:
-    """The folder of the launch's run: of its date, else its newest, else a new one today."""
+    """The folder of the launch's run: of its date, else the newest run of its name (the one
+    holding the newest checkpoint; else its latest date, not checkpointed yet), else today's."""
     import yaml  # here: the client imports this module, and needs PyYAML only for the checks
-
-    from tinycats.runs.run_dir import model_group
 
     config = yaml.safe_load(launch.config_text)
     model = checks.override_value(list(launch.overrides), "--run.model")
     model = model or (config.get("run") or {}).get("model")
-    model = model or model_group(config["model"]["class_path"])
-    runs = Path(outputs) / "checkpoints" / model
-    dates = sorted(found.parent.name for found in runs.glob(f"*/{launch.name}") if found.is_dir())
-    newest = dates[-1] if dates else launch.today or dt.date.today().isoformat()
-    return runs / (launch.date or newest) / launch.name
+    runs = run_dir.model_runs(outputs, model or run_dir.model_group(config["model"]["class_path"]))
+    if launch.date:
+        return runs / launch.date / launch.name
+    named = run_dir.dated_runs(runs, launch.name)
+    newest = run_dir.newest_run(named) or (named[-1] if named else None)
+    return newest or runs / (launch.today or dt.date.today().isoformat()) / launch.name
 
 
 # ## The lease: one attempt trains a run at a time
@@ -109,7 +109,6 @@ def run_folder(launch: Launch, outputs: str) -> Path:
 # (a killed attempt's lease). All retries of one `Runner.fit` call share its holder id, so a
 # retry takes over its own call's lease at once.
 
-LEASE = "lease.json"
 HEARTBEAT_S = 60
 STALE_S = 10 * 60
 
@@ -120,7 +119,12 @@ class Lease:
     def __init__(
         self, run: Path, holder: str, commit: Callable[[], None], clock: Callable[[], float]
     ) -> None:
-        self.path, self.holder, self.commit, self.clock = run / LEASE, holder, commit, clock
+        self.path, self.holder, self.commit, self.clock = (
+            run_dir.RunDir(run).lease,
+            holder,
+            commit,
+            clock,
+        )
 
     def other_holder(self) -> str | None:
         """Who else holds the run now (a fresh heartbeat), or None."""
@@ -162,7 +166,7 @@ class Lease:
 def wait_while_held(launch: Launch, outputs: str, reload: Callable[[], None]) -> None:
     """Wait while any attempt holds the launch's run (the driver waits so, on a CPU)."""
     reload()
-    while Lease(run_folder(launch, outputs), "", lambda: None, time.time).other_holder():
+    while Lease(run_folder(launch, outputs), "", no_commit, time.time).other_holder():
         time.sleep(HEARTBEAT_S)
         reload()
 
@@ -177,14 +181,16 @@ def progress(launch: Launch, outputs: str) -> tuple:
 #
 # The start line is committed before training, so a killed attempt is counted too.
 
-ATTEMPTS = "attempts.jsonl"
-
 
 class AttemptRecord:
     """This attempt's lines in the run's attempts.jsonl."""
 
     def __init__(self, run: Path, gpu: str, commit: Callable[[], None]) -> None:
-        self.path, self.commit, self.id = run / ATTEMPTS, commit, uuid.uuid4().hex[:12]
+        self.path, self.commit, self.id = (
+            run_dir.RunDir(run).attempts,
+            commit,
+            uuid.uuid4().hex[:12],
+        )
         self._append({"attempt": self.id, "started": _now(), "gpu": gpu})
 
     def end(self, outcome: str) -> None:
@@ -200,7 +206,7 @@ class AttemptRecord:
 
 def attempts_started(run: Path) -> int:
     """How many attempts the run has started, ended or not."""
-    path = run / ATTEMPTS
+    path = run_dir.RunDir(run).attempts
     lines = path.read_text().splitlines() if path.is_file() else []
     return sum("started" in json.loads(line) for line in lines if line.strip())
 
@@ -265,7 +271,7 @@ def train_run(launch: Launch, run: Path, box: Container, end_at: float, train: T
     if launch.start_from and not any(run.glob("*.ckpt")):
         resume = str(Path(box.storage.outputs) / launch.start_from)  # absolute stays absolute
     with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "config.yaml"
+        config = Path(tmp) / "launch.yaml"
         config.write_text(launch.config_text)
         args = [
             *("fit", "-c", str(config), *cadence(launch, box.preemption_minutes)),
@@ -368,7 +374,7 @@ def say(message: str, loud: bool = False) -> None:
 
 def with_run_facts(summary: dict[str, Any], run: Path) -> dict[str, Any]:
     """The summary, with the attempts taken and what the run's folder holds (for fetching)."""
-    files = [path for path in run.rglob("*") if path.is_file() and path.name != LEASE]
+    files = [path for path in run.rglob("*") if path.is_file() and path.name != run_dir.LEASE]
     return {
         **summary,
         "attempts": attempts_started(run),
@@ -456,4 +462,4 @@ def fit_in_subprocess(args: list[str], run: Path, storage: Storage) -> dict[str,
         return {"status": "continue", "run_dir": str(run)}
     if returncode != 0:
         raise RuntimeError(f"`tinycats fit` exited with status {returncode}; Modal retries it.")
-    return json.loads((run / "summary.json").read_text())
+    return json.loads(run_dir.RunDir(run).summary_path.read_text())
