@@ -330,6 +330,18 @@ def test_a_launch_without_a_date_continues_the_newest_run_of_its_name(tmp_path) 
     assert attempt.run_folder(new, str(tmp_path)) == runs / "2026-01-09/new"
 
 
+
+def test_the_newest_run_of_a_name_is_the_one_holding_the_newest_checkpoint(tmp_path) -> None:
+    runs = tmp_path / "checkpoints/classifier"
+    for date, mtime_s in (("2026-01-02", 200), ("2026-01-03", 100)):
+        checkpoint = runs / date / "tiny" / "step=00000002.ckpt"
+        checkpoint.parent.mkdir(parents=True)
+        checkpoint.write_bytes(b"ckpt")
+        os.utime(checkpoint, ns=(mtime_s * 10**9, mtime_s * 10**9))
+    (runs / "2026-01-04" / "tiny").mkdir(parents=True)  # begun later, never checkpointed
+    undated = Launch(CONFIG, (), "tiny", "", "", "2026-01-09")
+    assert attempt.run_folder(undated, str(tmp_path)) == runs / "2026-01-02/tiny"
+
 def test_a_held_run_is_left_alone_until_its_heartbeat_is_stale(tmp_path) -> None:
     run, clock = tmp_path / "run", [0.0]
     mine = attempt.Lease(run, "call-1", no_op, lambda: clock[0])
