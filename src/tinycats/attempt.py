@@ -1,9 +1,10 @@
 """One attempt of a Modal training run, on the container's side, and how it ends.
 
 An attempt finds its run by name, takes the run's lease (one attempt trains a run at a time),
-records itself in the run's attempts.jsonl, trains with `tinycats fit`, and ends the way Modal
-counts it (plans/0013-modal-outcomes.md): a returned result, a refusal returned, a failure
-raised (a retry is spent), or a preemption left as a `KeyboardInterrupt` (no retry spent).
+records itself in the run's attempt record (``run_dir.ATTEMPTS``), trains with `tinycats fit`,
+and ends the way Modal counts it (plans/0013-modal-outcomes.md): a returned result, a refusal
+returned, a failure raised (a retry is spent), or a preemption left as a `KeyboardInterrupt`
+(no retry spent).
 
 Neither torch nor modal is imported here: `remote.py` passes in the training command, the
 volumes' commits and Modal's cancellation error, so the tests import this module alone.
@@ -104,10 +105,10 @@ def run_folder(launch: Launch, outputs: str) -> Path:
 # ## The lease: one attempt trains a run at a time
 #
 # Volume writes are last-write-wins, so two attempts on one run would overwrite each other's
-# checkpoints. The attempt holding the run writes lease.json with a heartbeat every HEARTBEAT_S
-# and commits it; another holder takes over only when the heartbeat is older than STALE_S
-# (a killed attempt's lease). All retries of one `Runner.fit` call share its holder id, so a
-# retry takes over its own call's lease at once.
+# checkpoints. The attempt holding the run writes its lease (``run_dir.LEASE``) with a heartbeat
+# every HEARTBEAT_S and commits it; another holder takes over only when the heartbeat is older
+# than STALE_S (a killed attempt's lease). All retries of one `Runner.fit` call share its holder
+# id, so a retry takes over its own call's lease at once.
 
 HEARTBEAT_S = 60
 STALE_S = 10 * 60
@@ -177,13 +178,13 @@ def progress(launch: Launch, outputs: str) -> tuple:
     return tuple(sorted((path.name, path.stat().st_mtime_ns) for path in run.glob("*.ckpt")))
 
 
-# ## The attempt record (attempts.jsonl): one line when an attempt starts, one when it ends
+# ## The attempt record (``run_dir.ATTEMPTS``): one line when an attempt starts, one when it ends
 #
 # The start line is committed before training, so a killed attempt is counted too.
 
 
 class AttemptRecord:
-    """This attempt's lines in the run's attempts.jsonl."""
+    """This attempt's lines in the run's attempt record."""
 
     def __init__(self, run: Path, gpu: str, commit: Callable[[], None]) -> None:
         self.path, self.commit, self.id = (

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tinycats.runs import ledger
-from tinycats.runs.run_dir import CHECKPOINTS, ESSENTIAL
+from tinycats.runs.run_dir import CHECKPOINTS, ESSENTIAL, LAST
 
 # ## GPUs, timeouts and retries (Modal's documented values, FACTS.md)
 
@@ -368,7 +368,7 @@ def report(result: dict[str, Any], again: str, volume: str, mount: str, entrypoi
         f"  fetch it ({result['run_bytes'] / 1e9:.2f} GB):  {fetch[0]}"
     )
     if len(fetch) > 1:
-        print(f"  or only last.ckpt, the summary, metrics and sample grids:\n    {fetch[1]}")
+        print(f"  or only {LAST}, the summary, metrics and sample grids:\n    {fetch[1]}")
     print(f"  sample it: modal run {entrypoint}::sample --run {run_dir}  (DiT runs)")
     if result.get("ledger"):
         print(f"  what it cost: {ledger.describe(result['ledger'])}")

@@ -138,7 +138,7 @@ def model_runs(outputs: str | Path, model: str) -> Path:
 
 
 def dated_runs(model_folder: Path, name: str = "*") -> list[Path]:
-    """The runs called ``name`` (any name: ``*``) in a model's folder, one per date, oldest first."""
+    """The runs called ``name`` (``*``: any) in a model's folder, one per date, oldest first."""
     return sorted(run for run in Path(model_folder).glob(f"*/{name}") if run.is_dir())
 
 
