@@ -76,24 +76,12 @@ class RunDir:
         return self.path / CONFIG
 
     @property
-    def metrics(self) -> Path:
-        return self.path / METRICS
-
-    @property
     def attempts(self) -> Path:
         return self.path / ATTEMPTS
 
     @property
-    def ledger(self) -> Path:
-        return self.path / LEDGER
-
-    @property
     def lease(self) -> Path:
         return self.path / LEASE
-
-    @property
-    def samples(self) -> Path:
-        return self.path / SAMPLES
 
     def checkpoints(self) -> list[Path]:
         """Its checkpoints to resume from, newest first."""
