@@ -36,8 +36,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from benchmarks import step_split
 from benchmarks.harness import REPO, Setup, Workload, markdown_table, parse_args, prepare, trainer
 from benchmarks.step_split import StepSplit
+from tinycats.atomic import no_commit
 from tinycats.runs.checkpoint_io import VolumeCheckpointIO
-from tinycats.runs.checkpointing import no_commit
 
 REPEATS = 3
 

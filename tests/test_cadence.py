@@ -7,11 +7,12 @@ import pytest
 from lightning.pytorch.callbacks import model_checkpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 
+from tinycats.atomic import no_commit
 from tinycats.errors import TinyCatsError
 from tinycats.runs import checkpointing
 from tinycats.runs.cadence import young_daly_seconds
 from tinycats.runs.checkpoint_io import VolumeCheckpointIO
-from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints, no_commit
+from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints
 
 SECONDS_PER_STEP = 10.0
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 
+from tinycats.atomic import no_commit
 from tinycats.cli import run_cli
-from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints, no_commit
-from tinycats.runs.resume import newest_first, resumable_checkpoints
-from tinycats.runs.run_dir import RunSpec, resolve_run_dir
+from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints
+from tinycats.runs.run_dir import RunSpec, newest_first, resolve_run_dir, resumable_checkpoints
 
 TINY = "tests/configs/classifier_tiny.yaml"
 

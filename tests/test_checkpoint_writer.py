@@ -11,9 +11,10 @@ import pytest
 import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 
+from tinycats.atomic import no_commit
 from tinycats.runs import checksums
 from tinycats.runs.checkpoint_io import OutOfSpace, VolumeCheckpointIO
-from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints, no_commit
+from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints
 
 
 def _fit(tmp_path: Path, commit, max_steps: int, keep_last: int, *callbacks: L.Callback) -> None:

@@ -8,10 +8,10 @@ import lightning as L
 import pytest
 import torch
 
+from tinycats.atomic import no_commit
 from tinycats.errors import TinyCatsError
 from tinycats.models import CatClassifier
 from tinycats.runs.checkpoint_io import VolumeCheckpointIO
-from tinycats.runs.checkpointing import no_commit
 from tinycats.runs.loading import checkpoint_to_load, load_trained
 from tinycats.runs.resume import resolve_extension, resolve_resume
 

@@ -8,12 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
+from tinycats.atomic import no_commit
 from tinycats.data import PetsDataModule
 from tinycats.models import DiTGenerator
 from tinycats.models.ema import GeneratorEMA
 from tinycats.models.generator import drop_labels
 from tinycats.models.performance import auto_precision
-from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints, no_commit
+from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints
 
 from helpers.dit import TINY_DIT
 

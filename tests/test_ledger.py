@@ -16,7 +16,7 @@ from tinycats.commands.runs import run_row
 from tinycats.errors import TinyCatsError
 from tinycats.runs import ledger
 from tinycats.runs.attempt_clock import AttemptClock
-from tinycats.runs.run_dir import RunDir, all_runs
+from tinycats.runs.run_dir import LEDGER, RunDir, all_runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,7 +73,7 @@ def test_cost_adds_each_attempts_paid_hours_at_its_own_price():
 def test_records_survive_a_round_trip_and_a_torn_record_is_skipped(tmp_path):
     first = attempt(1.5, 10, 0, 4, 8, gpu="L4", usd_per_hour=0.8)
     ledger.write_attempt(tmp_path, first)
-    (tmp_path / ledger.FOLDER / "0000000000.000000.json").write_text('{"started": 0.0, "upd')
+    (tmp_path / LEDGER / "0000000000.000000.json").write_text('{"started": 0.0, "upd')
     assert ledger.read_ledger(tmp_path).attempts == [first]
 
 

@@ -1,7 +1,8 @@
 """How an attempt ends, checked against Modal's own code (client 1.6.4) where Modal decides:
 the container's input handling (charged, handled externally, cancelled), the exception
-round trip of `.remote()`/`.get()`, the retry policy; and the attempt's own rules (the run's
-folder, the lease, the record, the deadline, the driver), quickly and without training."""
+round trip of `.remote()`/`.get()`, the retry policy; and the driver, a held run, TensorBoard
+and the ledger on Modal, quickly and without training. The attempt's own rules (its run's
+folder, the lease, the record) are in test_attempt.py, the deadline in test_deadline.py."""
 
 import asyncio
 import json
@@ -25,7 +26,6 @@ from tinycats import attempt, launch
 from tinycats.attempt import Launch
 from tinycats.errors import EXIT_INTERRUPTED, TinyCatsError
 from tinycats.runs import ledger
-from tinycats.runs.deadline import AttemptDeadline
 
 REPO = Path(__file__).resolve().parents[1]
 # A config whose run folder is known without importing a model: run.model names it.
@@ -315,31 +315,7 @@ def test_the_driver_hands_its_call_over_before_its_own_limit(remote, monkeypatch
     assert successor == [(job, "fc-1")]  # the successor waits on the same call: no new GPU
 
 
-# --- The run's folder, the lease and the record ------------------------------------------------
-
-
-def test_a_launch_without_a_date_continues_the_newest_run_of_its_name(tmp_path) -> None:
-    runs = tmp_path / "checkpoints/classifier"
-    for date in ("2026-01-02", "2026-01-03", "2025-12-31"):
-        (runs / date / "tiny").mkdir(parents=True)
-    (runs / "2026-01-04" / "other").mkdir(parents=True)
-    undated = Launch(CONFIG, (), "tiny", "", "", "2026-01-09")
-    assert attempt.run_folder(undated, str(tmp_path)) == runs / "2026-01-03/tiny"
-    assert attempt.run_folder(undated.dated(RUN_DATE), str(tmp_path)) == runs / RUN_DATE / "tiny"
-    new = Launch(CONFIG, (), "new", "", "", "2026-01-09")
-    assert attempt.run_folder(new, str(tmp_path)) == runs / "2026-01-09/new"
-
-
-def test_a_held_run_is_left_alone_until_its_heartbeat_is_stale(tmp_path) -> None:
-    run, clock = tmp_path / "run", [0.0]
-    mine = attempt.Lease(run, "call-1", no_op, lambda: clock[0])
-    mine.beat()
-    theirs = attempt.Lease(run, "call-2", no_op, lambda: clock[0])
-    assert theirs.other_holder() == "call-1" and mine.other_holder() is None
-    clock[0] = attempt.STALE_S - 1
-    assert theirs.other_holder() == "call-1"
-    clock[0] = attempt.STALE_S  # a killed attempt's lease: taken over
-    assert theirs.other_holder() is None
+# --- A run held by another attempt -------------------------------------------------------------
 
 
 def test_a_second_attempt_on_a_held_run_is_busy_and_records_nothing(tmp_path) -> None:
@@ -347,72 +323,6 @@ def test_a_second_attempt_on_a_held_run_is_busy_and_records_nothing(tmp_path) ->
     attempt.Lease(run, "call-0", no_op, __import__("time").time).beat()
     assert ended(stopped_by_a_signal, tmp_path)["status"] == "busy"
     assert not (run / "attempts.jsonl").exists()
-
-
-def test_a_killed_attempt_is_counted(tmp_path) -> None:
-    run = tmp_path / "run"
-    attempt.AttemptRecord(run, "L4", no_op).end("failed")
-    attempt.AttemptRecord(run, "L4", no_op)  # killed: started, never ended
-    assert attempt.attempts_started(run) == 2
-
-
-# --- The attempt's deadline ---------------------------------------------------------------------
-
-
-def test_the_end_margin_is_a_minute_or_a_tenth_of_a_short_limit() -> None:
-    assert launch.attempt_end_s(24 * 3600) == 24 * 3600 - 60
-    assert launch.attempt_end_s(6 * 3600) == 6 * 3600 - 60
-    assert launch.attempt_end_s(100) == 90
-
-
-def steps_until_stopped(
-    stretches: list[float], end_at: float, write_seconds: float = 0.0
-) -> tuple[int, float]:
-    """Run AttemptDeadline over step ends ``stretches`` seconds apart: where it stops."""
-    clock = [0.0]
-    deadline = AttemptDeadline(end_at, clock=lambda: clock[0])
-    writer = SimpleNamespace(write_seconds=write_seconds)
-    trainer = SimpleNamespace(
-        strategy=SimpleNamespace(broadcast=lambda value: value, checkpoint_io=writer),
-        fit_loop=SimpleNamespace(max_steps=-1, max_epochs=None),
-        should_stop=False,
-    )
-    for step, stretch in enumerate(stretches):
-        clock[0] += stretch
-        deadline.on_train_batch_end(trainer, None, None, None, step)
-        if trainer.should_stop:
-            return step, clock[0]
-    return len(stretches), clock[0]
-
-
-def test_the_deadline_leaves_room_for_what_follows_a_step() -> None:
-    # Steps of 1 s, and a 10 s stretch at step 5 (a validation, a grid and a checkpoint): the
-    # attempt must stop while one more such stretch, and the last checkpoint, still fit.
-    stretches = [1.0] * 5 + [10.0] + [1.0] * 100
-    step, now = steps_until_stopped(stretches, end_at=60.0)
-    assert 60.0 - now >= 2 * 10.0
-    assert step > 5  # and not before it had to
-
-
-def test_the_deadline_leaves_room_for_the_background_write_of_the_last_checkpoint() -> None:
-    # Saves stall no step (they are written in the background) but take 20 s to write and commit.
-    _, now = steps_until_stopped([1.0] * 100, end_at=50.0, write_seconds=20.0)
-    assert 50.0 - now >= 20.0
-
-
-def test_on_modal_the_checkpoint_cadence_follows_young_daly_unless_the_run_sets_one() -> None:
-    job = Launch(CONFIG, (), "tiny", RUN_DATE)
-    assert attempt.cadence(job, 360) == ["--checkpoint.mean_minutes_between_preemptions=360"]
-    assert attempt.cadence(job, 0) == []
-    timed = Launch(CONFIG, ("--checkpoint.every_minutes=30",), "tiny", RUN_DATE)
-    assert attempt.cadence(timed, 360) == []
-    configured = Launch(CONFIG + "checkpoint: {every_minutes: 30}\n", (), "tiny", RUN_DATE)
-    assert attempt.cadence(configured, 360) == []
-
-
-def test_without_long_stretches_the_deadline_stops_near_the_end() -> None:
-    _, now = steps_until_stopped([1.0] * 100, end_at=50.0)
-    assert 47.0 <= now <= 50.0
 
 
 # --- TensorBoard over the volume ----------------------------------------------------------------

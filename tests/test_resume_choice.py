@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from tinycats.errors import TinyCatsError
-from tinycats.runs.resume import newest_run, resolve_resume
+from tinycats.runs.resume import resolve_resume
 
 
 def _checkpoint(path: Path, model: nn.Module, mtime_s: int) -> Path:
@@ -48,15 +48,3 @@ def test_last_ckpt_wins_a_tie_and_nothing_loadable_starts_fresh(tmp_path: Path, 
     assert resolve_resume("auto", tmp_path, model) == last
     assert resolve_resume("auto", tmp_path, nn.Linear(5, 5)) is None
     assert "training starts from scratch" in caplog.text
-
-
-def test_latest_is_the_run_that_holds_the_newest_checkpoint(tmp_path: Path) -> None:
-    model = nn.Linear(2, 2)
-    runs = {name: tmp_path / name for name in ("2026-01-01/a", "2026-01-02/b", "2026-01-03/c")}
-    for run in runs.values():
-        run.mkdir(parents=True)
-    _checkpoint(runs["2026-01-01/a"] / "step=00000002.ckpt", model, 300)  # the newest file
-    _checkpoint(runs["2026-01-02/b"] / "last.ckpt", model, 200)
-    _checkpoint(runs["2026-01-03/c"] / "best.ckpt", model, 400)  # not one to resume from
-    assert newest_run(tmp_path) == runs["2026-01-01/a"]
-    assert newest_run(tmp_path / "2026-01-04") is None

@@ -1,9 +1,10 @@
 """One attempt of a Modal training run, on the container's side, and how it ends.
 
 An attempt finds its run by name, takes the run's lease (one attempt trains a run at a time),
-records itself in the run's attempts.jsonl, trains with `tinycats fit`, and ends the way Modal
-counts it (plans/0013-modal-outcomes.md): a returned result, a refusal returned, a failure
-raised (a retry is spent), or a preemption left as a `KeyboardInterrupt` (no retry spent).
+records itself in the run's attempt record (``run_dir.ATTEMPTS``), trains with `tinycats fit`,
+and ends the way Modal counts it (plans/0013-modal-outcomes.md): a returned result, a refusal
+returned, a failure raised (a retry is spent), or a preemption left as a `KeyboardInterrupt`
+(no retry spent).
 
 Neither torch nor modal is imported here: `remote.py` passes in the training command, the
 volumes' commits and Modal's cancellation error, so the tests import this module alone.
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tinycats import launch as checks
-from tinycats.atomic import write_atomically
+from tinycats.atomic import no_commit, write_atomically
 from tinycats.errors import (
     EXIT_CONTINUE,
     EXIT_INTERRUPTED,
@@ -34,7 +35,7 @@ from tinycats.errors import (
     TinyCatsError,
     TransientError,
 )
-from tinycats.runs import ledger
+from tinycats.runs import ledger, run_dir
 
 Train = Callable[[list[str]], dict[str, Any]]
 
@@ -86,30 +87,29 @@ class Container:
 
 
 def run_folder(launch: Launch, outputs: str) -> Path:
-    """The folder of the launch's run: of its date, else its newest, else a new one today."""
+    """The folder of the launch's run: of its date, else the newest run of its name (the one
+    holding the newest checkpoint; else its latest date, not checkpointed yet), else today's."""
     import yaml  # here: the client imports this module, and needs PyYAML only for the checks
-
-    from tinycats.runs.run_dir import model_group
 
     config = yaml.safe_load(launch.config_text)
     model = checks.override_value(list(launch.overrides), "--run.model")
     model = model or (config.get("run") or {}).get("model")
-    model = model or model_group(config["model"]["class_path"])
-    runs = Path(outputs) / "checkpoints" / model
-    dates = sorted(found.parent.name for found in runs.glob(f"*/{launch.name}") if found.is_dir())
-    newest = dates[-1] if dates else launch.today or dt.date.today().isoformat()
-    return runs / (launch.date or newest) / launch.name
+    runs = run_dir.model_runs(outputs, model or run_dir.model_group(config["model"]["class_path"]))
+    if launch.date:
+        return runs / launch.date / launch.name
+    named = run_dir.dated_runs(runs, launch.name)
+    newest = run_dir.newest_run(named) or (named[-1] if named else None)
+    return newest or runs / (launch.today or dt.date.today().isoformat()) / launch.name
 
 
 # ## The lease: one attempt trains a run at a time
 #
 # Volume writes are last-write-wins, so two attempts on one run would overwrite each other's
-# checkpoints. The attempt holding the run writes lease.json with a heartbeat every HEARTBEAT_S
-# and commits it; another holder takes over only when the heartbeat is older than STALE_S
-# (a killed attempt's lease). All retries of one `Runner.fit` call share its holder id, so a
-# retry takes over its own call's lease at once.
+# checkpoints. The attempt holding the run writes its lease (``run_dir.LEASE``) with a heartbeat
+# every HEARTBEAT_S and commits it; another holder takes over only when the heartbeat is older
+# than STALE_S (a killed attempt's lease). All retries of one `Runner.fit` call share its holder
+# id, so a retry takes over its own call's lease at once.
 
-LEASE = "lease.json"
 HEARTBEAT_S = 60
 STALE_S = 10 * 60
 
@@ -120,7 +120,12 @@ class Lease:
     def __init__(
         self, run: Path, holder: str, commit: Callable[[], None], clock: Callable[[], float]
     ) -> None:
-        self.path, self.holder, self.commit, self.clock = run / LEASE, holder, commit, clock
+        self.path, self.holder, self.commit, self.clock = (
+            run_dir.RunDir(run).lease,
+            holder,
+            commit,
+            clock,
+        )
 
     def other_holder(self) -> str | None:
         """Who else holds the run now (a fresh heartbeat), or None."""
@@ -162,7 +167,7 @@ class Lease:
 def wait_while_held(launch: Launch, outputs: str, reload: Callable[[], None]) -> None:
     """Wait while any attempt holds the launch's run (the driver waits so, on a CPU)."""
     reload()
-    while Lease(run_folder(launch, outputs), "", lambda: None, time.time).other_holder():
+    while Lease(run_folder(launch, outputs), "", no_commit, time.time).other_holder():
         time.sleep(HEARTBEAT_S)
         reload()
 
@@ -173,18 +178,20 @@ def progress(launch: Launch, outputs: str) -> tuple:
     return tuple(sorted((path.name, path.stat().st_mtime_ns) for path in run.glob("*.ckpt")))
 
 
-# ## The attempt record (attempts.jsonl): one line when an attempt starts, one when it ends
+# ## The attempt record (``run_dir.ATTEMPTS``): one line when an attempt starts, one when it ends
 #
 # The start line is committed before training, so a killed attempt is counted too.
 
-ATTEMPTS = "attempts.jsonl"
-
 
 class AttemptRecord:
-    """This attempt's lines in the run's attempts.jsonl."""
+    """This attempt's lines in the run's attempt record."""
 
     def __init__(self, run: Path, gpu: str, commit: Callable[[], None]) -> None:
-        self.path, self.commit, self.id = run / ATTEMPTS, commit, uuid.uuid4().hex[:12]
+        self.path, self.commit, self.id = (
+            run_dir.RunDir(run).attempts,
+            commit,
+            uuid.uuid4().hex[:12],
+        )
         self._append({"attempt": self.id, "started": _now(), "gpu": gpu})
 
     def end(self, outcome: str) -> None:
@@ -200,7 +207,7 @@ class AttemptRecord:
 
 def attempts_started(run: Path) -> int:
     """How many attempts the run has started, ended or not."""
-    path = run / ATTEMPTS
+    path = run_dir.RunDir(run).attempts
     lines = path.read_text().splitlines() if path.is_file() else []
     return sum("started" in json.loads(line) for line in lines if line.strip())
 
@@ -265,7 +272,7 @@ def train_run(launch: Launch, run: Path, box: Container, end_at: float, train: T
     if launch.start_from and not any(run.glob("*.ckpt")):
         resume = str(Path(box.storage.outputs) / launch.start_from)  # absolute stays absolute
     with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "config.yaml"
+        config = Path(tmp) / "launch.yaml"
         config.write_text(launch.config_text)
         args = [
             *("fit", "-c", str(config), *cadence(launch, box.preemption_minutes)),
@@ -368,7 +375,7 @@ def say(message: str, loud: bool = False) -> None:
 
 def with_run_facts(summary: dict[str, Any], run: Path) -> dict[str, Any]:
     """The summary, with the attempts taken and what the run's folder holds (for fetching)."""
-    files = [path for path in run.rglob("*") if path.is_file() and path.name != LEASE]
+    files = [path for path in run.rglob("*") if path.is_file() and path.name != run_dir.LEASE]
     return {
         **summary,
         "attempts": attempts_started(run),
@@ -456,4 +463,4 @@ def fit_in_subprocess(args: list[str], run: Path, storage: Storage) -> dict[str,
         return {"status": "continue", "run_dir": str(run)}
     if returncode != 0:
         raise RuntimeError(f"`tinycats fit` exited with status {returncode}; Modal retries it.")
-    return json.loads((run / "summary.json").read_text())
+    return json.loads(run_dir.RunDir(run).summary_path.read_text())

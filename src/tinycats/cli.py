@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from tinycats.atomic import no_commit
 from tinycats.commands.parsing import HelpFormatter
 from tinycats.commands.predict import PrintPredictions
 from tinycats.data import PetsDataModule
@@ -28,12 +29,19 @@ from tinycats.errors import (
 from tinycats.models.performance import allow_tf32, choose_precision, default_device_type
 from tinycats.runs import ledger
 from tinycats.runs.attempt_clock import AttemptClock
-from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints, no_commit
+from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints
 from tinycats.runs.deadline import AttemptDeadline
 from tinycats.runs.logs import ContinueLogs, run_loggers
 from tinycats.runs.preflight import FitPreflight
-from tinycats.runs.resume import newest_run, resolve_extension, resolve_resume
-from tinycats.runs.run_dir import RunSpec, model_dir, model_group, resolve_run_dir
+from tinycats.runs.resume import resolve_extension, resolve_resume
+from tinycats.runs.run_dir import (
+    RunSpec,
+    dated_runs,
+    model_dir,
+    model_group,
+    newest_run,
+    resolve_run_dir,
+)
 
 log = logging.getLogger("tinycats")
 
@@ -140,7 +148,7 @@ class TinyCatsCLI(LightningCLI):
         spec = RunSpec(**vars(config.run))
         self.model_group = model_group(config.model.class_path)
         if self.subcommand == "fit" and config.resume == "latest":
-            newest = newest_run(model_dir(spec, self.model_group))
+            newest = newest_run(dated_runs(model_dir(spec, self.model_group)))
             if newest is not None:
                 spec.date, spec.name = newest.parent.name, newest.name
         self.run = resolve_run_dir(spec, self.model_group)  # an empty date is today: fixed now
@@ -230,7 +238,7 @@ class TinyCatsCLI(LightningCLI):
         except SIGTERMException as stop:
             log.warning(
                 "Stopped by a signal; the run continues from %s on the next launch.",
-                self.run.path / "last.ckpt",
+                self.run.last,
             )
             raise SystemExit(EXIT_INTERRUPTED) from stop
         except torch.cuda.OutOfMemoryError as err:  # the same batch runs out again on a retry
@@ -245,7 +253,7 @@ class TinyCatsCLI(LightningCLI):
                 "This attempt's time is up: stopped at step %d with %s written; the run "
                 "continues from there on the next launch.",
                 self.trainer.global_step,
-                self.run.path / "last.ckpt",
+                self.run.last,
             )
             self.summary = {
                 "status": "continue",
@@ -266,7 +274,7 @@ class TinyCatsCLI(LightningCLI):
             "global_step": self.trainer.global_step,
             "epoch": self.trainer.current_epoch,
             "metrics": metrics,
-            "last_checkpoint": str(self.run.path / "last.ckpt"),
+            "last_checkpoint": str(self.run.last),
             "best_checkpoint": best,
             "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "ledger": ledger.read_ledger(self.run.path).summary(),

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tinycats.runs import ledger
+from tinycats.runs.run_dir import CHECKPOINTS, ESSENTIAL, LAST
 
 # ## GPUs, timeouts and retries (Modal's documented values, FACTS.md)
 
@@ -319,8 +320,6 @@ def override_value(overrides: list[str], key: str) -> str | None:
 
 # ## Commands printed for the user
 
-# What a run is used and judged by; the step checkpoints are only for resuming.
-ESSENTIAL_FILES = ("last.ckpt", "summary.json", "metrics.csv", "samples")
 LARGE_RUN_BYTES = 1 << 30
 
 
@@ -342,7 +341,7 @@ def fetch_commands(volume: str, run_dir: str, run_bytes: int, present: list[str]
     if run_bytes >= LARGE_RUN_BYTES:
         parts = " && ".join(
             f"modal volume get {volume} {shlex.quote(str(run / name))} {shlex.quote(str(local))}"
-            for name in ESSENTIAL_FILES
+            for name in ESSENTIAL
             if name in present
         )
         commands.append(f"mkdir -p {shlex.quote(str(local))} && {parts}")
@@ -368,7 +367,7 @@ def start_message(
         f"{settings.timeout_s / 3600:g} h, each ending its training in time to save; up to "
         f"{settings.retries} retries after a failure, none spent on a preemption).\n"
         f"  it continues the newest run of that name on volume {settings.outputs_volume}, else "
-        f"starts checkpoints/<model>/{date or dt.date.today().isoformat()}/{name}/\n"
+        f"starts {CHECKPOINTS}/<model>/{date or dt.date.today().isoformat()}/{name}/\n"
         f"  follow it:   modal app logs -f {app_id}\n"
         f"  stop it:     modal app stop {app_id}\n"
         f"  continue it later (same command, same name):\n    {again}"
@@ -393,7 +392,7 @@ def report(result: dict[str, Any], again: str, volume: str, mount: str, entrypoi
         f"  fetch it ({result['run_bytes'] / 1e9:.2f} GB):  {fetch[0]}"
     )
     if len(fetch) > 1:
-        print(f"  or only last.ckpt, the summary, metrics and sample grids:\n    {fetch[1]}")
+        print(f"  or only {LAST}, the summary, metrics and sample grids:\n    {fetch[1]}")
     print(f"  sample it: modal run {entrypoint}::sample --run {run_dir}  (DiT runs)")
     if result.get("ledger"):
         print(f"  what it cost: {ledger.describe(result['ledger'])}")

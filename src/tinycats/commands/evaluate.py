@@ -18,7 +18,7 @@ from tinycats.models.generator import DiTGenerator
 from tinycats.models.performance import choose_precision
 from tinycats.networks.flow import Method
 from tinycats.runs.loading import load_trained
-from tinycats.runs.run_dir import read_config
+from tinycats.runs.run_dir import CONFIG, RunDir, read_config
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ Measure a TinyDiT trained by `tinycats fit -c configs/dit.yaml` (its EMA weights
                 samples much closer than unseen photos are. The --show closest samples are
                 saved beside their nearest training images as a PNG.
 
-The data settings (folder, image size, split, seed) come from the run's config.yaml, so the
+The data settings (folder, image size, split, seed) come from the run's {CONFIG}, so the
 training split is the one the model learned from. Results go to OUT/{REPORT_NAME} and
 OUT/{PAIRS_NAME} (OUT defaults to RUN/evaluation).
 
@@ -66,12 +66,12 @@ class DataLocation:
 
 
 def load_real_images(run_dir: Path, location: DataLocation = DataLocation()) -> PetsDataModule:
-    """The run's data module (its config.yaml's data settings), set up with its seeded split."""
-    config = run_dir / "config.yaml"
+    """The run's data module (the data settings of the config it saved), set up with its seeded split."""
+    config = RunDir(run_dir).config
     if not config.is_file():
         raise TinyCatsError(
             f"{config} does not exist: evaluate reads the data settings from the run's "
-            "config.yaml. Pass a run directory of `tinycats fit`, or a checkpoint inside one."
+            f"{CONFIG}. Pass a run directory of `tinycats fit`, or a checkpoint inside one."
         )
     settings = read_config(config).get("data") or {}
     settings.update({key: value for key, value in asdict(location).items() if value is not None})

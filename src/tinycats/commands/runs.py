@@ -5,7 +5,7 @@ from typing import Any
 
 from tinycats.commands.parsing import call_with_args
 from tinycats.runs import ledger
-from tinycats.runs.run_dir import RunDir, all_runs
+from tinycats.runs.run_dir import RunDir, all_runs, run_name
 
 DESCRIPTION = """\
 List the runs under an outputs folder: step reached of how many, attempts, goodput (productive
@@ -44,7 +44,7 @@ def run_row(run: RunDir, outputs: Path) -> dict[str, Any]:
     total = newest.total_steps if newest else None
     cost = figures["cost_usd"]
     return {
-        "run": str(run.path.relative_to(outputs / "checkpoints")),
+        "run": run_name(run.path, outputs),
         "step": f"{step}/{total}" if total else str(step),
         "attempts": figures["attempts"],
         "goodput": "-" if figures["goodput"] is None else f"{figures['goodput']:.1%}",

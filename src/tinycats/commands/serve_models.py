@@ -6,7 +6,6 @@ request can name runs without reaching any other file on the machine.
 """
 
 import io
-import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from tinycats.models.labels import UnknownBreed, chosen_breeds
 from tinycats.models.performance import autocast, choose_precision
 from tinycats.networks.augment import to_unit_range
 from tinycats.runs.loading import checkpoint_to_load, load_trained
-from tinycats.runs.resume import newest_first, newest_run, resumable_checkpoints
+from tinycats.runs.run_dir import LAST, STEP_GLOB, RunDir, dated_runs, model_runs, newest_run
 
 KINDS = ("classifier", "dit")  # also the runs' model folders: <runs>/checkpoints/<kind>/...
 
@@ -106,7 +105,7 @@ class ModelStore:
     def load_default(self, kind: str, run: str | None) -> LoadedRun | None:
         """Load ``run`` (or, for ``newest``, the newest run of ``kind``) as the kind's default."""
         if run == "newest":
-            newest = newest_run(self.runs_root / "checkpoints" / kind)
+            newest = newest_run(dated_runs(model_runs(self.runs_root, kind)))
             if newest is None:
                 return None
             run = str(newest)
@@ -179,8 +178,7 @@ def _load(kind: str, path: Path, name: str) -> LoadedRun:
             )
     model.eval().requires_grad_(False)
     run_dir = path if path.is_dir() else path.parent
-    summary = run_dir / "summary.json"
-    metrics = json.loads(summary.read_text()).get("metrics", {}) if summary.is_file() else {}
+    metrics = (RunDir(run_dir).summary() or {}).get("metrics", {})
     step = _global_step(checkpoint)
     labels = model.class_labels
     return LoadedRun(kind, name, checkpoint.name, step, metrics, labels, image_size, model)
@@ -190,8 +188,8 @@ def _newest_checkpoint(path: Path) -> Path:
     """The file itself, or the run's newest checkpoint that is intact (SHA-256) and readable."""
     if path.is_file():
         return path
-    if not newest_first(resumable_checkpoints(path)):
-        raise BadRequest(404, f"{path.name} holds no last.ckpt or step=*.ckpt.")
+    if not RunDir(path).checkpoints():
+        raise BadRequest(404, f"{path.name} holds no {LAST} or {STEP_GLOB}.")
     return checkpoint_to_load(path)
 
 

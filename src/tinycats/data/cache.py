@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from tinycats.atomic import no_commit
 from tinycats.data.images import UnreadableImage, load_square
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def cache_path(cache_dir: Path, paths: Sequence[Path], size: int) -> Path:
 
 
 def load_or_build_cache(
-    paths: Sequence[Path], size: int, cache_dir: Path, commit: Callable[[], None] = lambda: None
+    paths: Sequence[Path], size: int, cache_dir: Path, commit: Callable[[], None] = no_commit
 ) -> ImageCache:
     """Load the cache for ``paths`` at ``size`` px, building (and committing) it first if needed."""
     target = cache_path(cache_dir, paths, size)

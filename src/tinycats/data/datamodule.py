@@ -12,6 +12,7 @@ from lightning.pytorch.trainer.states import RunningStage
 from torch.utils.data import Dataset, TensorDataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from tinycats.atomic import no_commit
 from tinycats.data.cache import ImageCache, load_or_build_cache
 from tinycats.data.catalog import Catalog, LabelMode, build_catalog, class_names_for
 from tinycats.data.download import OXFORD_PETS_ARCHIVES, OXFORD_PETS_URL, ensure_oxford_pets
@@ -64,7 +65,7 @@ class PetsDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.class_names = class_names_for(labels, None if source == OXFORD_PETS else Path(source))
-        self.commit: Callable[[], None] = lambda: None
+        self.commit: Callable[[], None] = no_commit
         self.datasets: dict[str, Dataset] = {}
         self.images_on_device = False
         self._prepared: ImageCache | None = None  # prepare_data's cache, on the process that ran it

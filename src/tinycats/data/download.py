@@ -21,6 +21,7 @@ from pathlib import Path
 
 from torchvision.datasets.utils import calculate_md5, download_url, extract_archive
 
+from tinycats.atomic import no_commit
 from tinycats.errors import TinyCatsError, TransientError
 
 __all__ = [
@@ -53,7 +54,7 @@ def ensure_oxford_pets(
     *,
     base_url: str = OXFORD_PETS_URL,
     checksums: Mapping[str, str] = OXFORD_PETS_ARCHIVES,
-    commit: Callable[[], None] = lambda: None,
+    commit: Callable[[], None] = no_commit,
 ) -> Path:
     """Return <root>/oxford-iiit-pet (holding images/ and annotations/), downloading it once."""
     root = Path(root)

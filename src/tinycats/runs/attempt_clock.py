@@ -25,6 +25,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tinycats.errors import TinyCatsError
 from tinycats.runs import ledger
 from tinycats.runs.deadline import AttemptDeadline
+from tinycats.runs.run_dir import LEDGER
 
 log = logging.getLogger("tinycats")
 
@@ -143,7 +144,7 @@ class AttemptClock(L.Callback):
 
     def _paid_until_exit(self) -> None:
         """The attempt is paid until its process exits (summary, teardown), not its last step."""
-        if (self.run_dir / ledger.FOLDER).is_dir():  # not removed since (a test's temporary run)
+        if (self.run_dir / LEDGER).is_dir():  # not removed since (a test's temporary run)
             with self._lock:
                 self.record.ended = self.record.updated = time.time()
             self._write()

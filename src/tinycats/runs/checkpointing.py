@@ -30,20 +30,16 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from tinycats.atomic import no_commit
 from tinycats.errors import TinyCatsError
 from tinycats.runs.cadence import young_daly_seconds
 from tinycats.runs.checkpoint_io import VolumeCheckpointIO
+from tinycats.runs.run_dir import BEST, LAST, STEP_FILENAME
 
 log = logging.getLogger(__name__)
 
-STEP_FILENAME = "step={step:08d}"
-LAST = ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION
 # Set in a checkpoint saved before or during a validation that is due: it is run on resume.
 VALIDATION_PENDING = "tinycats_validation_pending"
-
-
-def no_commit() -> None:
-    """The local stand-in for a volume commit."""
 
 
 class VolumeCheckpoint(ModelCheckpoint):
@@ -321,7 +317,7 @@ def build_checkpoints(
         return [steps]
     best = VolumeCheckpoint(
         dirpath=dirpath,
-        filename="best",
+        filename=Path(BEST).stem,
         monitor=policy.best_monitor,
         mode=policy.best_mode,
         save_top_k=1,

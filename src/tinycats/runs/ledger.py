@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from tinycats.atomic import write_atomically
+from tinycats.runs.run_dir import LEDGER
 
-FOLDER = "ledger"
 TRACKED_STEPS = 4096
 HEARTBEAT_S = 1.0  # an attempt rewrites its record (a few hundred bytes) this often while training
 STALE_S = 120.0  # a newer record than this says the attempt is alive (volumes commit every few s)
@@ -158,7 +158,7 @@ class Ledger:
 def read_ledger(run_dir: Path) -> Ledger:
     """A run's ledger; an unreadable record (cut short by a kill) is left out."""
     attempts = []
-    for path in sorted((Path(run_dir) / FOLDER).glob("*.json")):
+    for path in sorted((Path(run_dir) / LEDGER).glob("*.json")):
         try:
             attempts.append(Attempt.from_json(json.loads(path.read_text())))
         except (OSError, ValueError, TypeError):
@@ -168,7 +168,7 @@ def read_ledger(run_dir: Path) -> Ledger:
 
 def write_attempt(run_dir: Path, attempt: Attempt) -> None:
     """Rewrite this attempt's record (atomically: a kill leaves the previous one)."""
-    path = Path(run_dir) / FOLDER / f"{attempt.started:017.6f}.json"
+    path = Path(run_dir) / LEDGER / f"{attempt.started:017.6f}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(asdict(attempt), sort_keys=True)
     write_atomically(path, lambda partial: partial.write_text(text))

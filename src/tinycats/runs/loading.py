@@ -12,8 +12,14 @@ import torch
 from tinycats import models
 from tinycats.errors import TinyCatsError
 from tinycats.runs import checksums
-from tinycats.runs.resume import newest_first, resumable_checkpoints
-from tinycats.runs.run_dir import model_class
+from tinycats.runs.run_dir import (
+    BEST,
+    LAST,
+    STEP_GLOB,
+    model_class,
+    newest_first,
+    resumable_checkpoints,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +104,11 @@ def _checkpoints_to_load(path: Path, prefer_best: bool) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        best = list(path.glob("best.ckpt")) if prefer_best else []
+        best = list(path.glob(BEST)) if prefer_best else []
         found = [*best, *newest_first(resumable_checkpoints(path))]
         if not found:
             raise TinyCatsError(
-                f"{path} holds no last.ckpt or step=*.ckpt: pass a run directory of "
+                f"{path} holds no {LAST} or {STEP_GLOB}: pass a run directory of "
                 "`tinycats fit` or a checkpoint file."
             )
         return found

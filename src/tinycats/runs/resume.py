@@ -13,26 +13,9 @@ from torch import nn
 
 from tinycats.errors import TinyCatsError
 from tinycats.runs import checksums
+from tinycats.runs.run_dir import LAST, newest_first, resumable_checkpoints
 
 log = logging.getLogger(__name__)
-
-POLICIES = ("auto", "latest", "never")
-
-
-def newest_first(paths: list[Path]) -> list[Path]:
-    """Checkpoints by modification time, newest first; ``last.ckpt`` wins a tie."""
-    return sorted(paths, key=lambda p: (p.stat().st_mtime_ns, p.name == "last.ckpt"), reverse=True)
-
-
-def resumable_checkpoints(run_dir: Path) -> list[Path]:
-    """``last.ckpt`` and the step checkpoints of a run (``best.ckpt`` is for evaluation only)."""
-    return [*run_dir.glob("last.ckpt"), *run_dir.glob("step=*.ckpt")]
-
-
-def newest_run(model_root: Path) -> Path | None:
-    """The run directory (``<date>/<name>``) holding the newest checkpoint of a model."""
-    found = newest_first([p for run in model_root.glob("*/*") for p in resumable_checkpoints(run)])
-    return found[0].parent if found else None
 
 
 def first_loadable(candidates: list[Path], model: nn.Module) -> Path | None:
@@ -92,7 +75,7 @@ def resolve_extension(run_dir: Path, model: nn.Module) -> Path:
     newest = next(iter(intact(newest_first(resumable_checkpoints(run_dir)))), None)
     if newest is None:
         raise TinyCatsError(
-            f"{run_dir} finished but holds no intact last.ckpt or step checkpoint to "
+            f"{run_dir} finished but holds no intact {LAST} or step checkpoint to "
             "continue from: train under a new --run.name."
         )
     problem = _problem_with(newest, {k: v.shape for k, v in model.state_dict().items()})

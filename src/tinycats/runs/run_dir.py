@@ -1,24 +1,38 @@
-"""Run identity: where a run's checkpoints, config, logs and summary live.
+"""The run layout: where a run lives and the names of what it holds (the one owner of both).
 
 A run is ``<outputs>/checkpoints/<model>/<YYYY-MM-DD>/<name>/``. The date and name are fixed
 when the run is launched (the CLI's defaults, or the Modal entrypoint's explicit values), so a
 rerun or a retry, also one that starts after midnight, lands in the same directory.
+
+Plain Python: the Modal client (``launch.py``, ``attempt.py``) imports it without torch, and
+without PyYAML until a config is read.
 """
 
 import datetime as dt
 import importlib
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tinycats.atomic import write_atomically
 from tinycats.errors import TinyCatsError
 
-SUMMARY = "summary.json"
+CHECKPOINTS = "checkpoints"  # <outputs>/checkpoints/<model>/<date>/<name>/
+SUMMARY = "summary.json"  # written last, when the run finished
+LAST = "last.ckpt"  # the state an attempt stopped at (Lightning's "last" + ".ckpt")
+STEP_FILENAME = "step={step:08d}"  # a step checkpoint, as Lightning formats it (+ ".ckpt")
+STEP_GLOB = "step=*.ckpt"
+BEST = "best.ckpt"  # by the monitored metric; for evaluation, never resumed from
+CONFIG = "config.yaml"  # the config LightningCLI saved
+METRICS = "metrics.csv"  # the CSV logger's, in the run directory
+SAMPLES = "samples"  # the DiT's sample grids
+ATTEMPTS = "attempts.jsonl"  # one line per Modal attempt start and end
+LEDGER = "ledger"  # one record per attempt (runs/ledger.py)
+LEASE = "lease.json"  # held by the one attempt training the run
+ESSENTIAL = (LAST, SUMMARY, METRICS, SAMPLES)  # what a run is used and judged by
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -41,13 +55,37 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class RunDir:
-    """A run's directory and how to read and write its summary."""
+    """A run's directory: the paths of what it holds, and its summary.
+
+    The newest of several runs is the one holding the newest checkpoint (``last.ckpt`` or a
+    step file, by modification time; see ``newest_run``), whatever its date folder says.
+    """
 
     path: Path
 
     @property
     def summary_path(self) -> Path:
         return self.path / SUMMARY
+
+    @property
+    def last(self) -> Path:
+        return self.path / LAST
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def attempts(self) -> Path:
+        return self.path / ATTEMPTS
+
+    @property
+    def lease(self) -> Path:
+        return self.path / LEASE
+
+    def checkpoints(self) -> list[Path]:
+        """Its checkpoints to resume from, newest first."""
+        return newest_first(resumable_checkpoints(self.path))
 
     def summary(self) -> dict[str, Any] | None:
         """The summary a finished run left, or None."""
@@ -74,16 +112,49 @@ def resolve_run_dir(spec: RunSpec, default_model: str, today: dt.date | None = N
             raise TinyCatsError(
                 f"{field} must be a plain folder name (letters, digits, '.', '_', '-'), got {value!r}."
             )
-    return RunDir(Path(spec.outputs) / "checkpoints" / model / date / spec.name)
+    return RunDir(model_runs(spec.outputs, model) / date / spec.name)
 
 
 def model_dir(spec: RunSpec, default_model: str) -> Path:
     """The folder holding every run of a model, across dates."""
-    return Path(spec.outputs) / "checkpoints" / (spec.model or default_model)
+    return model_runs(spec.outputs, spec.model or default_model)
+
+
+def model_runs(outputs: str | Path, model: str) -> Path:
+    """``<outputs>/checkpoints/<model>``: every run of a model, one folder per date."""
+    return Path(outputs) / CHECKPOINTS / model
+
+
+def dated_runs(model_folder: Path, name: str = "*") -> list[Path]:
+    """The runs called ``name`` (``*``: any) in a model's folder, one per date, oldest first."""
+    return sorted(run for run in Path(model_folder).glob(f"*/{name}") if run.is_dir())
+
+
+def run_name(run: Path, outputs: str | Path) -> str:
+    """A run's ``<model>/<date>/<name>``, as ``tinycats runs`` lists it."""
+    return str(Path(run).relative_to(Path(outputs) / CHECKPOINTS))
+
+
+def newest_first(paths: Iterable[Path]) -> list[Path]:
+    """Checkpoints by modification time, newest first; ``last.ckpt`` wins a tie."""
+    return sorted(paths, key=lambda p: (p.stat().st_mtime_ns, p.name == LAST), reverse=True)
+
+
+def resumable_checkpoints(run: Path) -> list[Path]:
+    """``last.ckpt`` and the step checkpoints of a run (``best.ckpt`` is for evaluation only)."""
+    return [*Path(run).glob(LAST), *Path(run).glob(STEP_GLOB)]
+
+
+def newest_run(runs: Iterable[Path]) -> Path | None:
+    """The newest of ``runs``: the one holding the newest checkpoint; None when none holds one."""
+    found = newest_first(p for run in runs for p in resumable_checkpoints(run))
+    return found[0].parent if found else None
 
 
 def read_config(path: Path) -> dict[str, Any]:
     """A training config (``configs/*.yaml``, or the ``config.yaml`` a run saves) as a dict."""
+    import yaml  # here: the Modal client imports this module before PyYAML is checked
+
     try:
         config = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as err:
@@ -110,5 +181,5 @@ def model_group(class_path: str) -> str:
 
 def all_runs(outputs: Path) -> list[RunDir]:
     """Every run under an outputs folder (``checkpoints/<model>/<date>/<name>``), oldest date first."""
-    found = (Path(outputs) / "checkpoints").glob("*/*/*")
+    found = (Path(outputs) / CHECKPOINTS).glob("*/*/*")
     return [RunDir(p) for p in sorted(found, key=lambda p: (p.parent.name, p)) if p.is_dir()]
