@@ -82,6 +82,15 @@ class Container:
     started: float = 0.0  # Unix time the container started: the attempt is paid from then
     preemption_minutes: int = 0  # assumed mean time between preemptions (0: config's cadence)
 
+    @classmethod
+    def of(
+        cls, storage: Storage, settings: checks.Settings, gpus: int, started: float
+    ) -> "Container":
+        """The container a Runner with these launch settings is."""
+        return cls(
+            storage, settings.gpu, gpus, settings.timeout_s, started, settings.preemption_minutes
+        )
+
 
 # ## Finding the run
 

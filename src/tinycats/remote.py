@@ -18,7 +18,6 @@ import shlex
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,14 +119,7 @@ class Runner:
         def train(args: list[str]) -> dict:
             return run_cli(args, STORAGE.commit_outputs, STORAGE.commit_data)
 
-        box = attempt.Container(
-            STORAGE,
-            SETTINGS.gpu,
-            self.gpus,
-            SETTINGS.timeout_s,
-            self.started,
-            SETTINGS.preemption_minutes,
-        )
+        box = attempt.Container.of(STORAGE, SETTINGS, self.gpus, self.started)
         return attempt.run_attempt(job, holder, box, train, modal.exception.InputCancellation)
 
     @modal.method()
@@ -361,27 +353,7 @@ def sampler() -> Any:
 @modal.concurrent(max_inputs=100)  # one CPU container answers every viewer
 @modal.wsgi_app(requires_proxy_auth=not SETTINGS.serve_public)
 def tensorboard() -> Any:
-    """TensorBoard over every run on the outputs volume; opening the page shows new commits.
+    """TensorBoard over every run on the outputs volume; opening the page shows new commits."""
+    from tinycats.commands.board import board_app
 
-    `load_fast="false"` reads each events file and closes it: TensorBoard's default loader keeps
-    them open, and `Volume.reload()` fails while a file on the volume is open.
-    """
-    from tensorboard import program
-    from tensorboard.backend.application import TensorBoardWSGIApp
-
-    board = program.TensorBoard()
-    board.configure(logdir=STORAGE.outputs, load_fast="false")
-    data_provider, multiplexer = board._make_data_provider()
-    inner = TensorBoardWSGIApp(
-        board.flags, board.plugin_loaders, data_provider, board.assets_zip_provider, multiplexer
-    )
-
-    def reloading(environ: dict, start_response: Callable) -> Any:
-        if environ.get("PATH_INFO") == "/":
-            try:
-                reload_outputs()
-            except Exception as err:
-                print(f"tensorboard: volume not reloaded ({err}); showing what it had")
-        return inner(environ, start_response)
-
-    return reloading
+    return board_app(STORAGE.outputs, reload_outputs)
