@@ -415,7 +415,7 @@ def _model_classes() -> list[str]:
     return []
 
 
-# ## What a GPU costs (the one price table: the README's "Choose a GPU" shows the same figures)
+# ## What a GPU costs (the one price table: docs/modal.md "Choose a GPU" shows the same figures)
 #
 # Modal's list prices in US dollars per GPU-hour, billed per second; CPU and memory are charged
 # on top. Read on 2026-11-29 from a transcription of modal.com/pricing dated 2026-07-01. `A100`
