@@ -243,16 +243,16 @@ def test_the_printed_fetch_commands_download_the_run_into_its_folder(tmp_path) -
     }
 
 
-def test_the_readme_fetch_commands_work_on_a_fresh_machine(tmp_path) -> None:
+def test_the_documented_fetch_commands_work_on_a_fresh_machine(tmp_path) -> None:
     import shlex
 
-    readme = (REPO / "README.md").read_text()
+    page = (REPO / "docs" / "modal.md").read_text()
     commands = [
         line.strip()
-        for line in readme.splitlines()
+        for line in page.splitlines()
         if line.strip().startswith("mkdir -p") and "modal volume get" in line
     ]
-    assert commands, "the README shows no fetch command"
+    assert commands, "docs/modal.md shows no fetch command"
     for i, command in enumerate(commands):
         first_get = next(shlex.split(step) for step in command.split(" && ") if "get" in step)
         run = Path(first_get[4])

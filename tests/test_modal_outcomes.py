@@ -216,7 +216,7 @@ def test_the_result_of_a_call_survives_the_client_serialisation() -> None:
     assert deserialize(serialize(job), None) == job
 
 
-# --- Retries: what the client accepts, and the waits the README states ------------------------
+# --- Retries: what the client accepts, and the waits docs/modal.md states ----------------------
 
 
 @pytest.mark.parametrize("retries", [0, 10, 11, 90, 200])
@@ -225,12 +225,12 @@ def test_tinycats_retries_accepts_what_the_client_accepts(retries) -> None:
     launch.validate_launch_settings("L4", 60, retries)
 
 
-def test_the_readme_states_the_retry_policy_and_the_driver_spawns_attempts(remote) -> None:
+def test_the_docs_state_the_retry_policy_and_the_driver_spawns_attempts(remote) -> None:
     policy = remote.RETRY_POLICY._to_proto()
     first, factor, cap = policy.initial_delay_ms / 1000, policy.backoff_coefficient, None
     cap = policy.max_delay_ms / 1000
-    readme = " ".join((REPO / "README.md").read_text().split())
-    assert f"{first:g} s, doubling, at most {cap:g} s apart" in readme and factor == 2
+    page = " ".join((REPO / "docs" / "modal.md").read_text().split())
+    assert f"{first:g} s, doubling, at most {cap:g} s apart" in page and factor == 2
     # The client's own retries (a `.remote()` call) ignore max_delay: 10, 20, ..., 5120 s.
     client = [RetryManager._retry_delay_ms(n, policy) / 1000 for n in range(1, 11)]
     assert client[-1] == first * factor**9 > cap

@@ -153,9 +153,9 @@ def test_the_worst_case_is_containers_times_the_gpu_price(gpu, containers, said)
     assert said in launch.serving_cost(gpu, containers)
 
 
-def test_the_readme_shows_the_price_table_and_the_default_deployments_worst_case() -> None:
-    readme = (REPO / "README.md").read_text()
-    table = readme.split("### Choose a GPU", 1)[1].split("\n\n")[2]
+def test_the_docs_show_the_price_table_and_the_default_deployments_worst_case() -> None:
+    modal_page = (REPO / "docs" / "modal.md").read_text()
+    table = modal_page.split("## Choose a GPU", 1)[1].split("\n\n")[2]
     shown = {}
     for row in table.splitlines()[2:]:
         names, _, prices = (cell.strip() for cell in row.strip("|").split("|")[:3])
@@ -164,7 +164,8 @@ def test_the_readme_shows_the_price_table_and_the_default_deployments_worst_case
     assert shown == {k: v for k, v in launch.GPU_DOLLARS_PER_HOUR.items() if k in shown}
     assert set(launch.GPU_DOLLARS_PER_HOUR) - set(shown) == {"A100", "H100!"}  # named in prose
     worst = launch.gpu_dollars_per_hour("L4") * 1  # the defaults: one L4 container
-    assert f"**${worst:.2f} an hour**" in readme.split("### Serve the models and TensorBoard")[1]
+    serve_page = (REPO / "docs" / "serve.md").read_text()
+    assert f"**${worst:.2f} an hour**" in serve_page.split("### What it may cost")[1]
 
 
 # --- The public deployment's budget, through the Modal app (a `.local()` call) -------------------

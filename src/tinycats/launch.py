@@ -460,7 +460,7 @@ def _fit_metrics(class_name: str) -> tuple[str, ...] | None:
     return None
 
 
-# ## What a GPU costs (the one price table: the README's "Choose a GPU" shows the same figures)
+# ## What a GPU costs (the one price table: docs/modal.md "Choose a GPU" shows the same figures)
 #
 # Modal's list prices in US dollars per GPU-hour, billed per second; CPU and memory are charged
 # on top. Read on 2026-11-29 from a transcription of modal.com/pricing dated 2026-07-01. `A100`
