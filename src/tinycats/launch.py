@@ -241,6 +241,15 @@ def check_config(
     return config
 
 
+def check_volume_path(run: str, volume: str) -> None:
+    """Exit with a message unless ``run`` is a path inside the outputs volume."""
+    if Path(run).is_absolute() or ".." in Path(run).parts:
+        raise SystemExit(
+            f"tinycats: --run {run} must be a path inside the {volume} volume, e.g. "
+            "checkpoints/dit/2026-01-31/cats."
+        )
+
+
 def check_monitored_metric(config: dict[str, Any], overrides: list[str]) -> None:
     """Refuse a ``checkpoint.best_monitor`` the config's model never logs in fit, or logs only in
     a validation the config never runs: on the GPU it would fail at the first validation."""

@@ -126,18 +126,14 @@ class Runner:
     def sample(self, run: str, breed: str, n: int, steps: int, cfg_scale: float, seed: int) -> dict:
         """Draw a grid from the newest checkpoint of ``run`` (a path on the outputs volume):
         ``status: drawn`` with the PNG bytes, or ``status: refused`` with the error."""
-        import tempfile
-
-        from tinycats.commands.sample import sample as draw
+        from tinycats.commands.sample import sample_png
         from tinycats.errors import TinyCatsError
 
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "grid.png"
-            try:
-                draw(Path(STORAGE.outputs) / run, breed, n, steps, cfg_scale, seed, out=out)
-            except TinyCatsError as err:
-                return attempt.refuse(str(err))
-            return {"status": "drawn", "png": out.read_bytes()}
+        try:
+            png = sample_png(Path(STORAGE.outputs) / run, breed, n, steps, cfg_scale, seed)
+        except TinyCatsError as err:
+            return attempt.refuse(str(err))
+        return {"status": "drawn", "png": png}
 
 
 # ## A driver that keeps a long run going
@@ -225,11 +221,7 @@ def sample(
     out: str = "samples.png",
 ) -> None:
     """Draw cats with the newest checkpoint of RUN (checkpoints/dit/DATE/NAME) and save a PNG."""
-    if Path(run).is_absolute() or ".." in Path(run).parts:
-        raise SystemExit(
-            f"tinycats: --run {run} must be a path inside the {SETTINGS.outputs_volume} "
-            "volume, e.g. checkpoints/dit/2026-01-31/cats."
-        )
+    launch.check_volume_path(run, SETTINGS.outputs_volume)
     drawn = sampler().sample.remote(run, breed, n, steps, cfg_scale, seed)
     if drawn["status"] != "drawn":
         raise SystemExit(f"tinycats: {drawn['error']}")

@@ -1,6 +1,7 @@
 """``tinycats sample``: draw cats of a chosen breed with the EMA weights of a trained TinyDiT."""
 
 import logging
+import tempfile
 from pathlib import Path
 
 import torch
@@ -70,3 +71,13 @@ def sample(
         images = model.generate(classes, seed=seed, steps=steps, cfg_scale=cfg_scale, method=method)
     save_labelled_grid(images, breeds, Path(out))
     print(f"Saved {len(breeds)} × {n} samples to {out}")
+
+
+def sample_png(
+    ckpt_path: Path, breed: str, n: int, steps: int, cfg_scale: float, seed: int
+) -> bytes:
+    """The grid ``sample`` draws, as PNG bytes (for a caller with no file to write, e.g. Modal)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "grid.png"
+        sample(ckpt_path, breed, n, steps, cfg_scale, seed, out=out)
+        return out.read_bytes()
