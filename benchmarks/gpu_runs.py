@@ -99,7 +99,8 @@ def kill_and_resume(
         "killed at step",
         "resumed vs uninterrupted",
     ]
-    command = " ".join(["tinycats fit -c", str(config.relative_to(REPO)), *overrides])
+    shown = config.relative_to(REPO) if config.is_relative_to(REPO) else config
+    command = " ".join(["tinycats fit -c", str(shown), *overrides])
     note = (
         f"`{command}`, SIGKILL to the "
         "process group once the first step file is on disk, then rerun to the end. Compared: "
