@@ -53,6 +53,8 @@ class AttemptClock(L.Callback):
         self._stopped = threading.Event()
         if rank_zero_only.rank == 0:  # set from the environment before any trainer exists
             threading.Thread(target=self._beat, name="ledger-heartbeat", daemon=True).start()
+            # Registered before the loggers and loaders register theirs, so it runs after them.
+            atexit.register(self._paid_until_exit)
 
     # ## The buckets
 
@@ -128,7 +130,6 @@ class AttemptClock(L.Callback):
             self.record.ended, self.record.outcome = time.time(), outcome
         if rank_zero_only.rank == 0:
             self._write()
-            atexit.register(self._paid_until_exit)
 
     def _beat(self) -> None:
         while True:
@@ -143,8 +144,10 @@ class AttemptClock(L.Callback):
             ledger.write_attempt(self.run_dir, self.record)
 
     def _paid_until_exit(self) -> None:
-        """The attempt is paid until its process exits (summary, teardown), not its last step."""
-        if (self.run_dir / LEDGER).is_dir():  # not removed since (a test's temporary run)
+        """An attempt that ended is paid until its process exits (the summary, the loggers' and
+        loaders' own exit work), not its last step; one that did not end was paid to its last beat."""
+        # The ledger folder may be gone by then: a test's temporary run.
+        if self.record.ended is not None and (self.run_dir / LEDGER).is_dir():
             with self._lock:
                 self.record.ended = self.record.updated = time.time()
             self._write()
