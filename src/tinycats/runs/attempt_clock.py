@@ -133,7 +133,10 @@ class AttemptClock(L.Callback):
 
     def _beat(self) -> None:
         while True:
-            self._write(now=True)
+            try:
+                self._write(now=True)
+            except OSError as err:  # the folder is gone or full: the next beat tries again
+                log.debug("Ledger heartbeat not written: %s", err)
             if self._stopped.wait(ledger.HEARTBEAT_S):
                 return
 
