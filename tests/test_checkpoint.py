@@ -1,7 +1,6 @@
 """VolumeCheckpoint: what is kept, when the volume is committed, and which rank commits."""
 
 import datetime as dt
-import os
 import signal
 import subprocess
 import sys
@@ -16,6 +15,8 @@ from tinycats.atomic import no_commit
 from tinycats.cli import run_cli
 from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints
 from tinycats.runs.run_dir import RunSpec, newest_first, resolve_run_dir, resumable_checkpoints
+
+from helpers.stop import InterruptAtStep
 
 TINY = "tests/configs/classifier_tiny.yaml"
 
@@ -84,17 +85,6 @@ def test_last_ckpt_is_written_once_at_the_end_and_links_the_step_file_of_its_ste
     assert last["global_step"] == last_step
     if not max_steps % 2:
         assert (tmp_path / "last.ckpt").samefile(tmp_path / steps[-1][: -len(".partial")])
-
-
-class InterruptAtStep(L.Callback):
-    """Sends this process SIGINT (Modal's preemption signal) once ``step`` steps are done."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 def test_sigint_stops_at_the_next_step_boundary_with_last_ckpt_of_that_step(tmp_path: Path) -> None:

@@ -1,8 +1,6 @@
 """The checkpoint writer (runs/checkpoint_io.py): its order, its waits, its failures, a full disk."""
 
 import errno
-import os
-import signal
 import time
 from pathlib import Path
 
@@ -15,6 +13,8 @@ from tinycats.atomic import no_commit
 from tinycats.runs import checksums
 from tinycats.runs.checkpoint_io import OutOfSpace, VolumeCheckpointIO
 from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints
+
+from helpers.stop import InterruptAtStep
 
 
 def _fit(tmp_path: Path, commit, max_steps: int, keep_last: int, *callbacks: L.Callback) -> None:
@@ -69,15 +69,6 @@ def test_each_commit_sees_whole_checksummed_files_and_prunes_follow_it(
     assert commit.problems == []
     assert len(commit.snapshots) == 6 + 3 + 1  # six saves, three prunes, last.ckpt
     assert _step_files(tmp_path) == [f"step={s:08d}.ckpt" for s in (4, 5, 6)]
-
-
-class InterruptAtStep(L.Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
 
 
 def test_a_signal_stop_waits_for_the_save_in_flight(tmp_path: Path, monkeypatch) -> None:

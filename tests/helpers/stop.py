@@ -1,4 +1,4 @@
-"""A callback that stops training with SIGTERM at a given step, as a preemption would."""
+"""Callbacks that stop training with a signal at a given step, as a preemption would."""
 
 import os
 import signal
@@ -15,3 +15,14 @@ class StopAtStep(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+class InterruptAtStep(L.Callback):
+    """Send this process SIGINT (Modal's preemption signal) once ``step`` steps are done."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
