@@ -53,5 +53,5 @@ def test_modal_is_left_to_modal() -> None:
 
 
 def test_the_command_is_installed_both_ways() -> None:
-    assert project()["scripts"]["tinycats"] == "tinycats.cli:main"
+    assert project()["scripts"]["tinycats"] == "tinycats.program:main"
     assert (REPO / "src/tinycats/__main__.py").read_text().count("main()") == 1

@@ -1,5 +1,5 @@
 """``python -m tinycats`` is the ``tinycats`` command."""
 
-from tinycats.cli import main
+from tinycats.program import main
 
 main()

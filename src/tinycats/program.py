@@ -1,0 +1,58 @@
+"""The ``tinycats`` program: the CLI, ended without the interpreter's teardown.
+
+After the last exit handler, tearing down the modules that torch and Lightning import keeps the
+process alive another 1–2 s, in C, where no ledger can see it (plans/0019-quick-exit.md). Locally
+every command waits for it; on a GPU it is paid time after the run's last record. So the
+program's first exit handler ends the process with ``os._exit``: registered before torch is
+imported, it runs after every other (``atexit`` runs them last-in, first-out), once the loaders'
+workers are joined, the logs flushed and the ledger's record ended.
+
+Only the program does this: ``tinycats.cli.main`` called in a process (tests, a Modal function)
+returns as any function does.
+"""
+
+import atexit
+import contextlib
+import os
+import sys
+from dataclasses import dataclass
+
+
+@dataclass
+class _Status:
+    """The exit status the process ends with; None lets Python end it (an uncaught Ctrl-C)."""
+
+    code: int | None = 1
+
+
+def main() -> None:
+    """Entry point of the ``tinycats`` console script and of ``python -m tinycats``."""
+    status = _Status()
+    atexit.register(_exit_now, status)
+    from tinycats import cli  # torch and Lightning register their exit handlers after ours
+
+    try:
+        cli.main()
+    except SystemExit as stop:
+        status.code = exit_status(stop.code)
+        raise
+    except KeyboardInterrupt:
+        status.code = None  # Python ends it by the signal, as a shell expects
+        raise
+    status.code = 0
+
+
+def exit_status(code: object) -> int:
+    """The status Python exits with for ``SystemExit(code)``."""
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else 1
+
+
+def _exit_now(status: _Status) -> None:
+    if status.code is None:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # closed, or a pipe whose reader is gone
+            stream.flush()
+    os._exit(status.code)
