@@ -51,12 +51,14 @@ def test_an_attempt_killed_without_a_word_is_paid_and_its_unsaved_steps_are_lost
 
 
 def test_redone_steps_cost_their_own_measured_time_not_the_mean():
-    # 40 steps of 1 s, then 10 slow ones of 3 s: the 10 redone steps lost 30 s, not 10 x 1.4 s.
-    cumulative = [float(s) for s in range(1, 41)] + [40.0 + 3 * s for s in range(1, 11)]
-    killed = attempt(0, 80, 0, 50, training_s=70, ended=False, recent_training_s=cumulative)
+    # 40 steps of 1 s saved at steps 20 and 40, then 10 slow ones of 3 s: the 10 steps redone
+    # from the save at 40 lost 30 s, not 10 x 1.4 s.
+    killed = attempt(0, 80, 0, 50, training_s=70, ended=False, saves=[[20, 20.0], [40, 40.0]])
     book = ledger.Ledger([killed, attempt(100, 10, 40, 41, training_s=1)])
     assert book.lost() == [(10, pytest.approx(30.0)), (0, 0.0)]
     assert book.productive_s == pytest.approx(70 - 30 + 1)
+    # Resumed from a step it has no save of: the steps after it at the attempt's mean step time.
+    assert killed.training_s_after(45) == pytest.approx(5 * 70 / 50)
 
 
 def test_cost_adds_each_attempts_paid_hours_at_its_own_price():
@@ -119,6 +121,7 @@ def test_a_run_killed_and_resumed_accounts_for_both_attempts(tmp_path):
     assert book.attempts[1].resumed_from >= 6
     killed, resumed = book.attempts
     assert book.lost()[0][0] == max(0, killed.reached - resumed.resumed_from)
+    assert resumed.resumed_from in [step for step, _ in killed.saves]  # its time is exact
     assert killed.paid_s > 0 and killed.training_s > 0
     assert 0 < book.goodput < 1
     assert RunDir(run_dir).summary()["ledger"]["attempts"] == 2
@@ -130,7 +133,9 @@ def test_the_estimate_says_the_time_left_and_the_whole_runs_cost(tmp_path, monke
     monkeypatch.setenv(ledger.STARTED_ENV, str(started))
     clock = AttemptClock(tmp_path, estimate_every_s=0)
     clock.close("finished")  # stops the heartbeat: the test sets the record
-    clock.record = attempt(started, 110, 0, 20, 50, total_steps=120, startup_s=10, usd_per_hour=3.6)
+    clock.keeper.record = attempt(
+        started, 110, 0, 20, 50, total_steps=120, startup_s=10, usd_per_hour=3.6
+    )
     trainer = SimpleNamespace(is_global_zero=True)
     with caplog.at_level(logging.INFO, logger="tinycats"):
         clock._maybe_estimate(trainer)

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import sys
+import time
 from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -421,4 +422,29 @@ def test_the_end_of_a_run_says_what_it_cost(capsys) -> None:
     assert (
         "goodput 83.3%, 3 attempt(s), 120 step(s) redone (5 min 00 s), 2 h 00 min paid, $1.60"
         in said
+    )
+
+
+def test_on_modal_the_ledger_record_is_kept_from_the_containers_start(tmp_path, monkeypatch):
+    # Imports, the data and the config come before training: a preemption there is paid too.
+    for name in (ledger.STARTED_ENV, ledger.GPU_ENV, ledger.PRICE_ENV):
+        monkeypatch.delenv(name, raising=False)
+    storage = attempt.Storage(str(tmp_path / "outputs"), str(tmp_path / "data"), no_op, no_op)
+    box = attempt.Container(storage, "L4", 1, 3600, started=time.time() - 5)
+    open_before_training = []
+
+    def preempted_before_the_first_step(args: list[str]) -> dict:
+        (run,) = (tmp_path / "outputs/checkpoints").glob("*/*/tiny")
+        open_before_training.extend((a.started, a.ended) for a in ledger.read_ledger(run).attempts)
+        raise KeyboardInterrupt
+
+    job = Launch(CONFIG, (), "tiny", RUN_DATE)
+    with pytest.raises(KeyboardInterrupt):
+        attempt.run_attempt(job, "c", box, preempted_before_the_first_step, InputCancellation)
+    assert open_before_training == [(box.started, None)]
+    (run,) = (tmp_path / "outputs/checkpoints").glob("*/*/tiny")
+    (record,) = ledger.read_ledger(run).attempts
+    assert record.outcome == "interrupted" and record.paid_s >= 5
+    assert record.cost_usd == pytest.approx(
+        record.paid_s / 3600 * launch.GPU_DOLLARS_PER_HOUR["L4"]
     )

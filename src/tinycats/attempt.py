@@ -35,7 +35,7 @@ from tinycats.errors import (
     TinyCatsError,
     TransientError,
 )
-from tinycats.runs import ledger, run_dir
+from tinycats.runs import ledger, ledger_keeper, run_dir
 
 Train = Callable[[list[str]], dict[str, Any]]
 
@@ -252,8 +252,9 @@ def run_attempt(
             if other := lease.other_holder():
                 return refuse_busy(run, other)
             record = AttemptRecord(run, box.gpu, box.storage.commit_outputs)
-            price = checks.gpu_dollars_per_hour(box.gpu)
-            os.environ.update(ledger.attempt_environment(box.started or clock(), box.gpu, price))
+            price, started = checks.gpu_dollars_per_hour(box.gpu), box.started or clock()
+            os.environ.update(ledger.attempt_environment(started, box.gpu, price))
+            ledger_keeper.open_in_run(run, started, box.gpu, price)  # paid from the start
             with lease.held():
                 summary = train_run(launch, run, box, end_at, train)
     except BaseException as failure:
@@ -262,6 +263,7 @@ def run_attempt(
         outcome = "refused" if refusal else "preempted" if preempted else "failed"
         if record is not None:
             record.end(outcome)
+        ledger_keeper.close_open("interrupted" if outcome == "preempted" else outcome)
         if refusal is not None:
             return refuse(refusal)
         said = f"{type(failure).__name__}: {failure}"
@@ -454,6 +456,7 @@ def fit_in_subprocess(args: list[str], run: Path, storage: Storage) -> dict[str,
     package_root = str(Path(sys.modules["tinycats"].__file__).parent.parent)
     paths = [package_root, *filter(None, [os.environ.get("PYTHONPATH")])]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    env[ledger_keeper.LEDGER_ENV] = ledger_keeper.hand_over()  # the child keeps the record on
     child = subprocess.Popen([sys.executable, "-m", "tinycats", *args], env=env)
     try:
         returncode = child.wait()

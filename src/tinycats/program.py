@@ -7,8 +7,9 @@ program's first exit handler ends the process with ``os._exit``: registered befo
 imported, it runs after every other (``atexit`` runs them last-in, first-out), once the loaders'
 workers are joined, the logs flushed and the ledger's record ended.
 
-Only the program does this: ``tinycats.cli.main`` called in a process (tests, a Modal function)
-returns as any function does.
+For ``fit`` it also opens the attempt's ledger record at once, before the imports and the config
+that name its run (runs/ledger_keeper.py). Only the program does this: ``tinycats.cli.main``
+called in a process (tests, a Modal function) returns as any function does.
 """
 
 import atexit
@@ -16,6 +17,8 @@ import contextlib
 import os
 import sys
 from dataclasses import dataclass
+
+from tinycats.runs import ledger_keeper
 
 
 @dataclass
@@ -29,17 +32,22 @@ def main() -> None:
     """Entry point of the ``tinycats`` console script and of ``python -m tinycats``."""
     status = _Status()
     atexit.register(_exit_now, status)
+    if sys.argv[1:2] == ["fit"] and "LOCAL_RANK" not in os.environ:  # not a DDP rank it started
+        ledger_keeper.open_pending(sys.argv, ledger_keeper.attempt_started())
     from tinycats import cli  # torch and Lightning register their exit handlers after ours
 
     try:
         cli.main()
+        status.code = 0
     except SystemExit as stop:
         status.code = exit_status(stop.code)
         raise
     except KeyboardInterrupt:
         status.code = None  # Python ends it by the signal, as a shell expects
         raise
-    status.code = 0
+    finally:
+        if status.code is not None:
+            ledger_keeper.end_of_process(status.code)
 
 
 def exit_status(code: object) -> int:

@@ -3,16 +3,13 @@ the time (and on Modal the money) the run still needs.
 
 Each moment between two hooks is put in one bucket: start-up before the first step, training
 inside steps, validation, waiting for checkpoint saves (the checkpoint writer's own count), and
-the rest between steps (sample grids, logging). On rank 0 a heartbeat thread rewrites the
-attempt's record every ``ledger.HEARTBEAT_S`` seconds, through data preparation, validation and
-saves too, so an attempt killed without a word has paid up to its last heartbeat
-(plans/0018-ledger.md).
+the rest between steps (sample grids, logging). On rank 0 the record is kept on disk by a
+``RecordKeeper``, which beats through data preparation, validation and saves too, so an attempt
+killed without a word has paid up to its last heartbeat (plans/0018-ledger.md).
 """
 
-import atexit
 import logging
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -23,9 +20,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from tinycats.errors import TinyCatsError
-from tinycats.runs import ledger
+from tinycats.runs import ledger, ledger_keeper
 from tinycats.runs.deadline import AttemptDeadline
-from tinycats.runs.run_dir import LEDGER
 
 log = logging.getLogger("tinycats")
 
@@ -37,29 +33,28 @@ class AttemptClock(L.Callback):
 
     def __init__(self, run_dir: Path, estimate_every_s: float = 300.0) -> None:
         price = os.environ.get(ledger.PRICE_ENV, "")
+        started, gpu = ledger_keeper.attempt_started(), os.environ.get(ledger.GPU_ENV, "")
+        usd_per_hour = float(price) if price else None
+        if rank_zero_only.rank == 0:  # set from the environment before any trainer exists
+            self.keeper = ledger_keeper.open_in_run(run_dir, started, gpu, usd_per_hour)
+        else:
+            record = ledger.Attempt(started, time.time(), gpu=gpu, usd_per_hour=usd_per_hour)
+            self.keeper = ledger_keeper.RecordKeeper(record, None)
         self.run_dir = run_dir
-        self.record = ledger.Attempt(
-            started=float(os.environ.get(ledger.STARTED_ENV) or process_started()),
-            updated=time.time(),
-            gpu=os.environ.get(ledger.GPU_ENV, ""),
-            usd_per_hour=float(price) if price else None,
-        )
         self.estimate_every_s = estimate_every_s
-        self._mark = self.record.started  # the moment up to which every second is accounted
+        self._mark = started  # the moment up to which every second is accounted
         self._stall_seen = 0.0
         self._estimated = 0.0
-        self._stepped = False
-        self._lock = threading.Lock()
-        self._stopped = threading.Event()
-        if rank_zero_only.rank == 0:  # set from the environment before any trainer exists
-            threading.Thread(target=self._beat, name="ledger-heartbeat", daemon=True).start()
-            # Registered before the loggers and loaders register theirs, so it runs after them.
-            atexit.register(self._paid_until_exit)
+        self._stepped = self._in_step = False
+
+    @property
+    def record(self) -> ledger.Attempt:
+        return self.keeper.record
 
     # ## The buckets
 
     def _spend(self, trainer: L.Trainer, bucket: str) -> None:
-        with self._lock:
+        with self.keeper.lock:
             now = time.time()
             elapsed, self._mark = now - self._mark, now
             stall = _stall_s(trainer) - self._stall_seen
@@ -73,24 +68,35 @@ class AttemptClock(L.Callback):
             self.record.updated = now
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        with self._lock:
+        with self.keeper.lock:
             self.record.resumed_from = self.record.reached = trainer.global_step
             total = trainer.estimated_stepping_batches  # safe now: the loader is set up, restored
             self.record.total_steps = int(total) if total != float("inf") else None
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
         self._spend(trainer, "between_steps_s")
+        self._in_step = True
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        self._spend(trainer, "training_s")
-        self._stepped = True
-        with self._lock:
-            if trainer.global_step != self.record.reached:  # an optimizer step, not accumulation
-                self.record.reached = trainer.global_step
-                tracked = self.record.recent_training_s
-                tracked.append(round(self.record.training_s, 3))
-                del tracked[: -ledger.TRACKED_STEPS]
+        self._step_ended(trainer)
         self._maybe_estimate(trainer)
+
+    def _step_ended(self, trainer: L.Trainer) -> None:
+        if self._in_step:
+            self._spend(trainer, "training_s")
+            self._in_step, self._stepped = False, True
+            with self.keeper.lock:
+                self.record.reached = trainer.global_step
+
+    def on_save_checkpoint(self, trainer: L.Trainer, *args: Any) -> None:
+        # A later attempt resumes from one of these: the training after it is what it redoes.
+        self._step_ended(trainer)  # a save at a step's end may come before this callback's turn
+        with self.keeper.lock:
+            saves = self.record.saves
+            if not saves or saves[-1][0] != trainer.global_step:
+                saves.append([trainer.global_step, round(self.record.training_s, 3)])
+            del saves[: -ledger.TRACKED_SAVES]
+        self.keeper.write()  # on disk before the checkpoint file can be: a kill may come next
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
@@ -125,35 +131,7 @@ class AttemptClock(L.Callback):
 
     def close(self, outcome: str) -> None:
         """End the record with ``outcome``; the attempt stays paid until its process exits."""
-        self._stopped.set()
-        with self._lock:
-            self.record.ended, self.record.outcome = time.time(), outcome
-        if rank_zero_only.rank == 0:
-            self._write()
-
-    def _beat(self) -> None:
-        while True:
-            try:
-                self._write(now=True)
-            except OSError as err:  # the folder is gone or full: the next beat tries again
-                log.debug("Ledger heartbeat not written: %s", err)
-            if self._stopped.wait(ledger.HEARTBEAT_S):
-                return
-
-    def _write(self, now: bool = False) -> None:
-        with self._lock:
-            if now and self.record.ended is None:
-                self.record.updated = time.time()
-            ledger.write_attempt(self.run_dir, self.record)
-
-    def _paid_until_exit(self) -> None:
-        """An attempt that ended is paid until its process exits (the summary, the loggers' and
-        loaders' own exit work), not its last step; one that did not end was paid to its last beat."""
-        # The ledger folder may be gone by then: a test's temporary run.
-        if self.record.ended is not None and (self.run_dir / LEDGER).is_dir():
-            with self._lock:
-                self.record.ended = self.record.updated = time.time()
-            self._write()
+        self.keeper.close(outcome)
 
     # ## The estimate
 
@@ -176,16 +154,6 @@ class AttemptClock(L.Callback):
             paid_s += sum(a.paid_s for a in earlier if a.started != self.record.started)
             message += f"; the whole run ≈ ${paid_s / 3600 * self.record.usd_per_hour:.2f}"
         log.info("%s.", message)
-
-
-def process_started() -> float:
-    """Unix time this process started (Linux ``/proc``; elsewhere: now), to 10 ms."""
-    try:
-        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")
-        return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
-    except (OSError, ValueError, IndexError, AttributeError):
-        return time.time()
 
 
 def _outcome_of(exception: BaseException) -> str:

@@ -24,8 +24,7 @@ from typing import Any
 from tinycats.atomic import write_atomically
 from tinycats.runs.run_dir import LEDGER
 
-TRACKED_STEPS = 4096
-HEARTBEAT_S = 1.0  # an attempt rewrites its record (a few hundred bytes) this often while training
+TRACKED_SAVES = 16  # the newest checkpoints an attempt's record keeps its training time at
 STALE_S = 120.0  # a newer record than this says the attempt is alive (volumes commit every few s)
 
 # What a launcher (the Modal layer) tells the attempt it starts, through the environment, so
@@ -59,9 +58,12 @@ class Attempt:
     resumed_from: int | None = None  # global step training started at (None: never got there)
     reached: int | None = None  # global step last trained
     total_steps: int | None = None  # the run's planned steps, when known
-    # Training seconds of this attempt up to each of its newest steps (at most TRACKED_STEPS),
-    # so the time of steps redone after a kill is known exactly, not as a mean.
-    recent_training_s: list[float] = field(default_factory=list)
+    # [global step, this attempt's training seconds then] at each of its newest checkpoints (at
+    # most TRACKED_SAVES): the next attempt resumes from one, so the time of the steps it trains
+    # again is known exactly, not as a mean.
+    saves: list[list[float]] = field(default_factory=list)
+    command: str = ""  # the command line and folder it ran in (a pending record is matched by them)
+    cwd: str = ""
 
     @property
     def paid_s(self) -> float:
@@ -82,10 +84,10 @@ class Attempt:
             return 0.0
         if step <= self.resumed_from:
             return self.training_s
-        index = step - (self.reached - len(self.recent_training_s)) - 1
-        if index < 0:  # older than the tracked steps: at the attempt's mean step time
-            return (self.reached - step) * self.step_s
-        return self.training_s - self.recent_training_s[index]
+        saved = {int(saved_step): seconds for saved_step, seconds in self.saves}
+        if step in saved:
+            return self.training_s - saved[step]
+        return (self.reached - step) * self.step_s  # no save recorded there: at its mean step time
 
     @property
     def cost_usd(self) -> float | None:
