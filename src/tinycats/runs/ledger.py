@@ -169,10 +169,21 @@ def read_ledger(run_dir: Path) -> Ledger:
 
 
 def write_attempt(run_dir: Path, attempt: Attempt) -> None:
-    """Rewrite this attempt's record (atomically: a kill leaves the previous one)."""
-    path = Path(run_dir) / LEDGER / f"{attempt.started:017.6f}.json"
+    """Write an attempt's record into the run's ledger (the keeper of a live one rewrites it)."""
+    write_record(Path(run_dir) / LEDGER / record_name(attempt), record_text(attempt))
+
+
+def record_name(attempt: Attempt) -> str:
+    return f"{attempt.started:017.6f}.json"
+
+
+def record_text(attempt: Attempt) -> str:
+    return json.dumps(asdict(attempt), sort_keys=True)
+
+
+def write_record(path: Path, text: str) -> None:
+    """Write a record atomically: a kill leaves the previous version whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(asdict(attempt), sort_keys=True)
     write_atomically(path, lambda partial: partial.write_text(text))
 
 

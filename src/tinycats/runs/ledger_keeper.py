@@ -21,10 +21,8 @@ import os
 import tempfile
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 
-from tinycats.atomic import write_atomically
 from tinycats.errors import EXIT_CONTINUE, EXIT_INTERRUPTED, EXIT_USAGE
 from tinycats.runs import ledger
 from tinycats.runs.run_dir import LEDGER
@@ -49,7 +47,7 @@ class RecordKeeper:
         self.record = record
         self.lock = threading.Lock()  # held by whoever changes the record
         self._writing = threading.Lock()  # one write at a time, each of the newest record
-        self._folder, self._name = folder, name or record_name(record)
+        self._folder, self._name = folder, name or ledger.record_name(record)
         self._stopped = threading.Event()
         if folder is not None:
             self._beat_once()  # on disk before the caller goes on
@@ -65,7 +63,7 @@ class RecordKeeper:
         command that were killed before they knew the run (they count as killed attempts)."""
         with self.lock:
             pending = self.path if self._folder == pending_folder() else None
-            self._folder, self._name = Path(run_dir) / LEDGER, record_name(self.record)
+            self._folder, self._name = Path(run_dir) / LEDGER, ledger.record_name(self.record)
         self.write()
         if pending is not None:
             pending.unlink(missing_ok=True)
@@ -92,10 +90,9 @@ class RecordKeeper:
             with self.lock:  # the training thread waits for the copy, not for the disk
                 if beat and self.record.ended is None:
                     self.record.updated = time.time()
-                text, path = json.dumps(asdict(self.record), sort_keys=True), self.path
+                text, path = ledger.record_text(self.record), self.path
             if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_atomically(path, lambda partial: partial.write_text(text))
+                ledger.write_record(path, text)
 
     def _beat(self) -> None:
         while not self._stopped.wait(HEARTBEAT_S):
@@ -187,10 +184,6 @@ def _own_start() -> float | None:
 def pending_folder() -> Path:
     """Where records wait for their run: this machine's temporary folder, one per user."""
     return Path(tempfile.gettempdir()) / f"tinycats-{os.getuid()}" / "pending"
-
-
-def record_name(record: ledger.Attempt) -> str:
-    return f"{record.started:017.6f}.json"
 
 
 def killed_while_pending(mine: ledger.Attempt) -> list[tuple[Path, ledger.Attempt]]:
