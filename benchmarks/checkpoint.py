@@ -138,7 +138,8 @@ STALL_CONFIGS = ("configs/dit.yaml", "configs/classifier.yaml")
 
 
 def format_stalls(rows: list[SaveStall]) -> str:
-    """One row per config: what a save stalls training, both ways, and what hashing adds."""
+    """One row per config: what a save stalls training, inline and in the background, against
+    the save as it was before the writer (Lightning's), and what hashing adds."""
     header = [
         "config",
         "checkpoint MB",
@@ -149,6 +150,7 @@ def format_stalls(rows: list[SaveStall]) -> str:
         "SHA-256 s",
         "last.ckpt copy s (gone)",
         "before: Lightning's save + copy s",
+        "async / before",
     ]
     return markdown_table(
         header,
@@ -163,6 +165,7 @@ def format_stalls(rows: list[SaveStall]) -> str:
                 f"{row.sha256:.3f}",
                 f"{row.last_copy:.3f}",
                 f"{row.before:.3f}",
+                f"{row.asynchronous / row.before:.1%}",
             )
             for row in rows
         ],

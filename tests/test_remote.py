@@ -22,6 +22,7 @@ import pytest
 from tinycats import attempt
 from tinycats.attempt import Launch
 from tinycats.launch import attempt_end_s as ATTEMPT_END_S
+from tinycats.runs import ledger, ledger_keeper
 
 REPO = Path(__file__).resolve().parents[1]
 REMOTE = REPO / "src/tinycats/remote.py"
@@ -746,6 +747,11 @@ def test_several_gpus_train_in_a_subprocess_and_commit_when_it_ends(
     assert len(storage.commits.data.snapshots) == 1
     prefix = f"checkpoints/classifier/{RUN_DATE}/tiny/"
     assert {prefix + "last.ckpt", prefix + "summary.json"} <= after_child
+    # The launcher's ledger record, kept on by the subprocess: one attempt, from the start; the
+    # launcher no longer beats it (a beat would overwrite the subprocess's record).
+    time.sleep(2 * ledger_keeper.HEARTBEAT_S)
+    (record,) = ledger.read_ledger(Path(storage.outputs) / prefix).attempts
+    assert record.outcome == "finished" and record.startup_s > 0 and record.training_s > 0
 
 
 class BoundedPopen(subprocess.Popen):
