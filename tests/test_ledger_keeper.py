@@ -61,8 +61,17 @@ def test_a_run_takes_the_pending_records_of_its_command_killed_before_they_knew_
 def test_a_pending_record_of_a_process_that_exits_by_itself_is_removed(pending) -> None:
     keeper = ledger_keeper.open_pending(COMMAND, time.time())
     assert keeper.path.is_file()
-    keeper._at_exit()  # `tinycats fit --help`, or a config error: no run, no attempt of one
+    ledger_keeper.end_of_process(2)  # `tinycats fit --help`, a config error: no attempt of a run
+    keeper._at_exit()
     assert not keeper.path.exists()
+
+
+def test_a_pending_record_of_a_process_stopped_by_ctrl_c_stays_for_the_next_attempt(
+    pending,
+) -> None:
+    keeper = ledger_keeper.open_pending(COMMAND, time.time())
+    keeper._at_exit()  # a KeyboardInterrupt while importing: the program closes nothing
+    assert keeper.path.is_file()
 
 
 def test_the_heartbeat_keeps_the_record_of_a_live_attempt_fresh(pending, tmp_path) -> None:

@@ -1,8 +1,11 @@
 """The ``tinycats`` program ends once every exit handler has run, keeping its exit status."""
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -66,6 +69,20 @@ def test_an_uncaught_error_exits_1_after_its_traceback(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert "ZeroDivisionError" in done.stderr
+
+
+def test_ctrl_c_while_it_imports_ends_it_by_the_signal(tmp_path: Path) -> None:
+    # As Python would: a shell, a harness and Modal read that as a stop, not a failure (exit 1).
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    fit = [sys.executable, "-m", "tinycats", "fit", "-c", str(REPO / "configs/classifier.yaml")]
+    started = subprocess.Popen(fit, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
+    pending = tmp_path / f"tinycats-{os.getuid()}" / "pending" / f"{started.pid}.json"
+    while not pending.exists():  # the program runs; torch is being imported
+        assert started.poll() is None
+        time.sleep(0.005)
+    started.send_signal(signal.SIGINT)
+    assert started.wait(timeout=60) == -signal.SIGINT
+    assert pending.exists()  # for the next attempt of the command to count
 
 
 @pytest.mark.parametrize(("code", "status"), [(None, 0), (0, 0), (75, 75), ("a message", 1)])

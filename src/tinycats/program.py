@@ -32,11 +32,11 @@ def main() -> None:
     """Entry point of the ``tinycats`` console script and of ``python -m tinycats``."""
     status = _Status()
     atexit.register(_exit_now, status)
-    if sys.argv[1:2] == ["fit"] and "LOCAL_RANK" not in os.environ:  # not a DDP rank it started
-        ledger_keeper.open_pending(sys.argv, ledger_keeper.attempt_started())
-    from tinycats import cli  # torch and Lightning register their exit handlers after ours
-
     try:
+        if sys.argv[1:2] == ["fit"] and "LOCAL_RANK" not in os.environ:  # not a DDP rank's
+            ledger_keeper.open_pending(sys.argv, ledger_keeper.attempt_started())
+        from tinycats import cli  # torch and Lightning register their exit handlers after ours
+
         cli.main()
         status.code = 0
     except SystemExit as stop:

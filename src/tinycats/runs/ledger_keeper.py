@@ -104,13 +104,15 @@ class RecordKeeper:
 
     def _at_exit(self) -> None:
         """An attempt that ended is paid until its process exits (its summary, the loggers' and
-        loaders' own exit work); a pending one that exited by itself was no attempt of a run."""
+        loaders' own exit work). A pending one that ended by itself (``--help``, a config error)
+        was no attempt of a run; one stopped by Ctrl-C stays, for the next attempt to take."""
         self.stop()
         path = self.path
         if path is None or not path.parent.is_dir():  # a test's temporary run, removed
             return
         if self._folder == pending_folder():
-            path.unlink(missing_ok=True)
+            if self.record.ended is not None:
+                path.unlink(missing_ok=True)
         elif self.record.ended is not None:
             with self.lock:
                 self.record.ended = self.record.updated = time.time()
