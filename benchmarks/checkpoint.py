@@ -10,8 +10,9 @@ left out. The stalls (``save_stalls``) are timed inside a fit, after one trainin
 optimizer state exists), on the device: ``trainer.save_checkpoint`` through two writers
 (runs/checkpoint_io.py), one writing on the training thread and one in the background,
 interleaved, the median of a few after one warm-up save each (the background writer's first save
-allocates the host buffers it reuses); each background save is waited for before the next, as a
-checkpoint interval longer than a write does. Beside them: the background write's own time, the
+allocates the host buffers it reuses); each background save is waited for before the next, and
+the disk given what the page cache holds (``os.sync``, untimed), as a checkpoint interval longer
+than a write does. Beside them: the background write's own time, the
 SHA-256 of the file's bytes (already in memory: what hashing adds to a save), and the copy of
 the step file into last.ckpt that every checkpoint paid before last.ckpt was written at stops
 only, and the whole save as it was (Lightning's ``TorchCheckpointIO``, which serialises into
@@ -21,6 +22,7 @@ from process start to exit.
 """
 
 import hashlib
+import os
 import shutil
 import statistics
 import subprocess
@@ -74,6 +76,7 @@ class _MeasureSaves(L.Callback):
         self, trainer: L.Trainer, writer: VolumeCheckpointIO, path: Path, noted: bool
     ) -> None:
         trainer.strategy.checkpoint_io = writer
+        os.sync()  # the disk takes what the page cache holds, as between real checkpoints
         start = time.perf_counter()
         trainer.save_checkpoint(path)
         stalled = time.perf_counter() - start
@@ -92,6 +95,7 @@ class _MeasureSaves(L.Callback):
         shutil.copyfile(path, path.with_name("last.ckpt"))
         self._note("last_copy", time.perf_counter() - start, noted)
         trainer.strategy.checkpoint_io = TorchCheckpointIO()
+        os.sync()
         start = time.perf_counter()
         trainer.save_checkpoint(path)
         shutil.copyfile(path, path.with_name("last.ckpt"))

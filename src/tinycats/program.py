@@ -15,6 +15,7 @@ called in a process (tests, a Modal function) returns as any function does.
 import atexit
 import contextlib
 import os
+import signal
 import sys
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ from tinycats.runs import ledger_keeper
 
 @dataclass
 class _Status:
-    """The exit status the process ends with; None lets Python end it (an uncaught Ctrl-C)."""
+    """The exit status the process ends with; None: by SIGINT (an uncaught Ctrl-C)."""
 
     code: int | None = 1
 
@@ -43,7 +44,7 @@ def main() -> None:
         status.code = exit_status(stop.code)
         raise
     except KeyboardInterrupt:
-        status.code = None  # Python ends it by the signal, as a shell expects
+        status.code = None  # ended by the signal, as Python does and a shell expects
         raise
     finally:
         if status.code is not None:
@@ -58,9 +59,10 @@ def exit_status(code: object) -> int:
 
 
 def _exit_now(status: _Status) -> None:
-    if status.code is None:
-        return
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # closed, or a pipe whose reader is gone
             stream.flush()
-    os._exit(status.code)
+    if status.code is None:  # as Python ends a process Ctrl-C stopped, without its teardown
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    os._exit(status.code or 0)
