@@ -28,6 +28,18 @@ def pets_sample() -> Path:
     return pets_sample_images()
 
 
+@pytest.fixture(autouse=True)
+def attempt_stays_in_its_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a launcher tells its attempt through the environment (the Modal attempt, the
+    program) and the record a process keeps end with the test that set them: a later test's
+    subprocess must not continue an earlier test's attempt."""
+    from tinycats.runs import ledger, ledger_keeper
+
+    for name in (ledger.STARTED_ENV, ledger.GPU_ENV, ledger.PRICE_ENV, ledger_keeper.LEDGER_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(ledger_keeper, "_current", None)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Under CI (``CI`` set, as .ci/run does), a skipped test fails the run: a clone with

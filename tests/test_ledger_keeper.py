@@ -20,9 +20,8 @@ COMMAND = ["tinycats", "fit", "-c", "configs/classifier_sample.yaml"]
 
 @pytest.fixture
 def pending(tmp_path, monkeypatch) -> Path:
-    """This test's own pending folder, and no record left open by another test."""
+    """This test's own pending folder (conftest.py keeps each test's record to itself)."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    monkeypatch.setattr(ledger_keeper, "_current", None)
     monkeypatch.chdir(tmp_path)
     return ledger_keeper.pending_folder()
 
@@ -30,11 +29,11 @@ def pending(tmp_path, monkeypatch) -> Path:
 def left_pending(folder: Path, pid: int, started: float, command: list[str]) -> None:
     record = ledger.Attempt(started, started + 2, command=" ".join(command), cwd=os.getcwd())
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{pid}.json").write_text(json.dumps(record.__dict__))
+    (folder / ledger_keeper.pending_name(pid)).write_text(json.dumps(record.__dict__))
 
 
 def test_a_run_takes_the_pending_records_of_its_command_killed_before_they_knew_it(
-    pending, tmp_path
+    pending, tmp_path, monkeypatch
 ) -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -42,9 +41,10 @@ def test_a_run_takes_the_pending_records_of_its_command_killed_before_they_knew_
     now = time.time()
     left_pending(pending, dead.pid, now - 30, COMMAND)  # killed while importing
     left_pending(pending, 1, now - 20, [*COMMAND, "--seed_everything=1"])  # another command
-    left_pending(pending, alive.pid, ledger_keeper.process_started(alive.pid), COMMAND)
+    left_pending(pending, alive.pid, now - 10, COMMAND)
+    monkeypatch.setenv(ledger.STARTED_ENV, repr(now))
     try:
-        keeper = ledger_keeper.open_pending(COMMAND, now)
+        keeper = ledger_keeper.open_pending(COMMAND)
         assert keeper.path.parent == pending
         run = tmp_path / "run"
         ledger_keeper.open_in_run(run, now).close("finished")
@@ -55,11 +55,12 @@ def test_a_run_takes_the_pending_records_of_its_command_killed_before_they_knew_
     assert book.outcomes() == ["killed", "finished"]
     assert book.attempts[0].paid_s == pytest.approx(2)
     # Its own record moved; the other command's and the live one's stay.
-    assert sorted(p.stem for p in pending.glob("*.json")) == sorted(["1", str(alive.pid)])
+    left = sorted(p.name for p in pending.glob("*.json"))
+    assert left == sorted(ledger_keeper.pending_name(pid) for pid in (1, alive.pid))
 
 
 def test_a_pending_record_of_a_process_that_exits_by_itself_is_removed(pending) -> None:
-    keeper = ledger_keeper.open_pending(COMMAND, time.time())
+    keeper = ledger_keeper.open_pending(COMMAND)
     assert keeper.path.is_file()
     ledger_keeper.end_of_process(2)  # `tinycats fit --help`, a config error: no attempt of a run
     keeper._at_exit()
@@ -69,7 +70,7 @@ def test_a_pending_record_of_a_process_that_exits_by_itself_is_removed(pending) 
 def test_a_pending_record_of_a_process_stopped_by_ctrl_c_stays_for_the_next_attempt(
     pending,
 ) -> None:
-    keeper = ledger_keeper.open_pending(COMMAND, time.time())
+    keeper = ledger_keeper.open_pending(COMMAND)
     keeper._at_exit()  # a KeyboardInterrupt while importing: the program closes nothing
     assert keeper.path.is_file()
 
@@ -94,8 +95,8 @@ def test_an_attempt_killed_while_it_imports_is_paid_and_a_refused_one_says_so(tm
     command += ["--data.image_size=32", "--trainer.max_steps=3", f"--run.outputs={tmp_path}"]
     command += ["--trainer.enable_progress_bar=false"]
     first = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True)
-    pending = tmp_path / "tmp" / f"tinycats-{os.getuid()}" / "pending" / f"{first.pid}.json"
-    while not pending.exists():
+    pending = tmp_path / "tmp" / f"tinycats-{os.getuid()}" / "pending"
+    while not list(pending.glob(f"{first.pid}-*.json")):
         assert first.poll() is None, "the program ended before its record existed"
         time.sleep(0.01)
     os.killpg(first.pid, signal.SIGKILL)
@@ -111,4 +112,4 @@ def test_an_attempt_killed_while_it_imports_is_paid_and_a_refused_one_says_so(tm
     assert book.outcomes() == ["killed", "finished", "refused"]
     killed = book.attempts[0]
     assert killed.resumed_from is None and killed.paid_s > 0
-    assert not list(pending.parent.glob("*.json"))
+    assert not list(pending.glob("*.json"))

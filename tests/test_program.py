@@ -1,5 +1,6 @@
 """The ``tinycats`` program ends once every exit handler has run, keeping its exit status."""
 
+import json
 import os
 import signal
 import subprocess
@@ -71,18 +72,24 @@ def test_an_uncaught_error_exits_1_after_its_traceback(tmp_path: Path) -> None:
     assert "ZeroDivisionError" in done.stderr
 
 
-def test_ctrl_c_while_it_imports_ends_it_by_the_signal(tmp_path: Path) -> None:
+def test_ctrl_c_while_it_imports_ends_it_by_the_signal_and_the_attempt_starts_at_the_program(
+    tmp_path: Path,
+) -> None:
     # As Python would: a shell, a harness and Modal read that as a stop, not a failure (exit 1).
+    # The shell runs the program in the process it forked a second earlier (`exec`): the attempt
+    # starts when the program does, not at that fork.
     env = {**os.environ, "TMPDIR": str(tmp_path)}
-    fit = [sys.executable, "-m", "tinycats", "fit", "-c", str(REPO / "configs/classifier.yaml")]
-    started = subprocess.Popen(fit, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL)
-    pending = tmp_path / f"tinycats-{os.getuid()}" / "pending" / f"{started.pid}.json"
-    while not pending.exists():  # the program runs; torch is being imported
-        assert started.poll() is None
+    fit = f"{sys.executable} -m tinycats fit -c {REPO / 'configs/classifier.yaml'}"
+    launched = time.time()
+    shell = subprocess.Popen(["bash", "-c", f"sleep 1 && exec {fit}"], cwd=tmp_path, env=env)
+    pending = tmp_path / f"tinycats-{os.getuid()}" / "pending"
+    while not list(pending.glob(f"{shell.pid}-*.json")):  # the program runs; torch is imported
+        assert shell.poll() is None
         time.sleep(0.005)
-    started.send_signal(signal.SIGINT)
-    assert started.wait(timeout=60) == -signal.SIGINT
-    assert pending.exists()  # for the next attempt of the command to count
+    shell.send_signal(signal.SIGINT)
+    assert shell.wait(timeout=60) == -signal.SIGINT
+    (record,) = pending.glob(f"{shell.pid}-*.json")  # for the next attempt of the command
+    assert json.loads(record.read_text())["started"] >= launched + 1
 
 
 @pytest.mark.parametrize(("code", "status"), [(None, 0), (0, 0), (75, 75), ("a message", 1)])

@@ -35,7 +35,7 @@ def main() -> None:
     atexit.register(_exit_now, status)
     try:
         if sys.argv[1:2] == ["fit"] and "LOCAL_RANK" not in os.environ:  # not a DDP rank's
-            ledger_keeper.open_pending(sys.argv, ledger_keeper.attempt_started())
+            ledger_keeper.open_pending(sys.argv)
         from tinycats import cli  # torch and Lightning register their exit handlers after ours
 
         cli.main()

@@ -15,7 +15,6 @@ This module is plain Python (no torch): the program and the Modal launch side us
 
 import atexit
 import contextlib
-import functools
 import json
 import os
 import tempfile
@@ -119,15 +118,23 @@ class RecordKeeper:
             self.write()
 
 
-def open_pending(command: list[str], started: float) -> RecordKeeper:
-    """Open this process's record before its run is known (the program, at its start)."""
+def open_pending(command: list[str]) -> RecordKeeper:
+    """Open this process's record before its run is known (the program, at its first line).
+
+    The attempt starts now unless a launcher said when (``ledger.STARTED_ENV``); the program
+    says so to what follows in the process, and to the DDP ranks it starts, the same way. (Not
+    the process's start in ``/proc``: that is its fork, which a shell may have made long before
+    it ran the program in the same process.)
+    """
     global _current
+    os.environ.setdefault(ledger.STARTED_ENV, repr(time.time()))
+    started = attempt_started()
     record = ledger.Attempt(started=started, updated=time.time(), command=" ".join(command))
     record.cwd = os.getcwd()
     if folder := os.environ.get(LEDGER_ENV):  # the launcher knows the run: there from the start
         _current = RecordKeeper(record, Path(folder))
     else:
-        _current = RecordKeeper(record, pending_folder(), f"{os.getpid()}.json")
+        _current = RecordKeeper(record, pending_folder(), pending_name(os.getpid()))
     return _current
 
 
@@ -174,13 +181,9 @@ def hand_over() -> str:
 
 
 def attempt_started() -> float:
-    """Unix time the attempt started: the launcher's (a Modal container's start), or this process's."""
-    return float(os.environ.get(ledger.STARTED_ENV) or _own_start() or time.time())
-
-
-@functools.cache
-def _own_start() -> float | None:
-    return process_started()  # once: two readings differ in their last digits
+    """Unix time the attempt started, as its launcher (the program, a Modal container) said; now
+    where none did (a fit called inside a process)."""
+    return float(os.environ.get(ledger.STARTED_ENV) or time.time())
 
 
 def pending_folder() -> Path:
@@ -188,34 +191,37 @@ def pending_folder() -> Path:
     return Path(tempfile.gettempdir()) / f"tinycats-{os.getuid()}" / "pending"
 
 
+def pending_name(pid: int) -> str:
+    """A pending record's file name: the process's id and its start in clock ticks since boot,
+    which together name one process (a later one may reuse the id, not both)."""
+    return f"{pid}-{start_ticks(pid) or 0}.json"
+
+
 def killed_while_pending(mine: ledger.Attempt) -> list[tuple[Path, ledger.Attempt]]:
     """The pending records of the same command in the same folder whose processes are gone."""
     found = []
-    for path in pending_folder().glob("*.json"):
+    for path in pending_folder().glob("*-*.json"):
         try:
             record = ledger.Attempt.from_json(json.loads(path.read_text()))
-            pid = int(path.stem)
+            pid, ticks = (int(part) for part in path.stem.split("-"))
         except (OSError, ValueError, TypeError):
             continue
         same = (record.command, record.cwd) == (mine.command, mine.cwd)
-        if same and record.started < mine.started and not process_alive(pid, record.started):
+        if same and record.started < mine.started and not process_alive(pid, ticks):
             found.append((path, record))
     return found
 
 
-def process_started(pid: int | str = "self") -> float | None:
-    """Unix time process ``pid`` started, to 10 ms (Linux ``/proc``); None if unknown or gone."""
+def start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (Linux ``/proc``); None if gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        since_boot = int(fields[19]) / os.sysconf("SC_CLK_TCK")
-        return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - since_boot)
-    except (OSError, ValueError, IndexError, AttributeError):
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
         return None
 
 
-def process_alive(pid: int, started: float) -> bool:
-    """Whether ``pid`` is still the process that started at ``started`` (not a reused number)."""
+def process_alive(pid: int, ticks: int) -> bool:
+    """Whether ``pid`` is still the process that started at ``ticks`` (not a reused id)."""
     if not Path("/proc/self/stat").exists():  # not Linux: nothing is known to be gone
         return True
-    seen = process_started(pid)
-    return seen is not None and abs(seen - started) < 1.0
+    return start_ticks(pid) == ticks
