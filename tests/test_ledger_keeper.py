@@ -33,7 +33,7 @@ def left_pending(folder: Path, pid: int, started: float, command: list[str]) -> 
 
 
 def test_a_run_takes_the_pending_records_of_its_command_killed_before_they_knew_it(
-    pending, tmp_path, monkeypatch
+    pending, tmp_path
 ) -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -42,9 +42,8 @@ def test_a_run_takes_the_pending_records_of_its_command_killed_before_they_knew_
     left_pending(pending, dead.pid, now - 30, COMMAND)  # killed while importing
     left_pending(pending, 1, now - 20, [*COMMAND, "--seed_everything=1"])  # another command
     left_pending(pending, alive.pid, now - 10, COMMAND)
-    monkeypatch.setenv(ledger.STARTED_ENV, repr(now))
     try:
-        keeper = ledger_keeper.open_pending(COMMAND)
+        keeper = ledger_keeper.open_pending(COMMAND, now)
         assert keeper.path.parent == pending
         run = tmp_path / "run"
         ledger_keeper.open_in_run(run, now).close("finished")
@@ -60,7 +59,7 @@ def test_a_run_takes_the_pending_records_of_its_command_killed_before_they_knew_
 
 
 def test_a_pending_record_of_a_process_that_exits_by_itself_is_removed(pending) -> None:
-    keeper = ledger_keeper.open_pending(COMMAND)
+    keeper = ledger_keeper.open_pending(COMMAND, time.time())
     assert keeper.path.is_file()
     ledger_keeper.end_of_process(2)  # `tinycats fit --help`, a config error: no attempt of a run
     keeper._at_exit()
@@ -70,7 +69,7 @@ def test_a_pending_record_of_a_process_that_exits_by_itself_is_removed(pending) 
 def test_a_pending_record_of_a_process_stopped_by_ctrl_c_stays_for_the_next_attempt(
     pending,
 ) -> None:
-    keeper = ledger_keeper.open_pending(COMMAND)
+    keeper = ledger_keeper.open_pending(COMMAND, time.time())
     keeper._at_exit()  # a KeyboardInterrupt while importing: the program closes nothing
     assert keeper.path.is_file()
 

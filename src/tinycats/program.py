@@ -17,12 +17,9 @@ import contextlib
 import os
 import signal
 import sys
-from dataclasses import dataclass
-
-from tinycats.runs import ledger_keeper
+import time
 
 
-@dataclass
 class _Status:
     """The exit status the process ends with; None: by SIGINT (an uncaught Ctrl-C)."""
 
@@ -31,11 +28,14 @@ class _Status:
 
 def main() -> None:
     """Entry point of the ``tinycats`` console script and of ``python -m tinycats``."""
-    status = _Status()
+    started = time.time()  # the attempt's start: before this program imports anything more
+    status, records = _Status(), None
     atexit.register(_exit_now, status)
     try:
         if sys.argv[1:2] == ["fit"] and "LOCAL_RANK" not in os.environ:  # not a DDP rank's
-            ledger_keeper.open_pending(sys.argv)
+            from tinycats.runs import ledger_keeper as records
+
+            records.open_pending(sys.argv, started)
         from tinycats import cli  # torch and Lightning register their exit handlers after ours
 
         cli.main()
@@ -47,8 +47,8 @@ def main() -> None:
         status.code = None  # ended by the signal, as Python does and a shell expects
         raise
     finally:
-        if status.code is not None:
-            ledger_keeper.end_of_process(status.code)
+        if records is not None and status.code is not None:
+            records.end_of_process(status.code)
 
 
 def exit_status(code: object) -> int:

@@ -118,16 +118,16 @@ class RecordKeeper:
             self.write()
 
 
-def open_pending(command: list[str]) -> RecordKeeper:
-    """Open this process's record before its run is known (the program, at its first line).
+def open_pending(command: list[str], started: float) -> RecordKeeper:
+    """Open this process's record before its run is known (the program, as it starts).
 
-    The attempt starts now unless a launcher said when (``ledger.STARTED_ENV``); the program
-    says so to what follows in the process, and to the DDP ranks it starts, the same way. (Not
-    the process's start in ``/proc``: that is its fork, which a shell may have made long before
-    it ran the program in the same process.)
+    The attempt started at ``started`` unless a launcher said when (``ledger.STARTED_ENV``); the
+    program says so to what follows in the process, and to the DDP ranks it starts, the same
+    way. (Not the process's start in ``/proc``: that is its fork, which a shell may have made
+    long before it ran the program in the same process.)
     """
     global _current
-    os.environ.setdefault(ledger.STARTED_ENV, repr(time.time()))
+    os.environ.setdefault(ledger.STARTED_ENV, repr(started))
     started = attempt_started()
     record = ledger.Attempt(started=started, updated=time.time(), command=" ".join(command))
     record.cwd = os.getcwd()
