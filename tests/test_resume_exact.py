@@ -19,6 +19,8 @@ from tinycats.data.sampler import EpochBatches
 from tinycats.models.optim import adamw_warmup_cosine
 from tinycats.runs.checkpointing import CheckpointPolicy, build_checkpoints, no_commit
 
+from helpers.stop import StopAtStep
+
 SIZE, BATCH, STEPS = 10, 3, 11  # 4 batches an epoch, the last one partial; ~3 epochs
 # The two limits a config can stop at: 11 steps, or 3 epochs (12 steps); and 4 epochs cut to
 # 3 batches each by limit_train_batches (12 steps).
@@ -53,17 +55,6 @@ class RecordBatches(L.LightningModule):
         sampler = EpochBatches(SIZE, BATCH, seed=3, shuffle=True)
         sampler.limit = train_batches_limit(self.trainer, len(sampler))  # as the data module does
         return StatefulDataLoader(dataset, sampler=sampler, batch_size=None)
-
-
-class StopAt(L.Callback):
-    """Send this process SIGTERM after ``step`` optimizer steps, as a preemption would."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def fit(
@@ -121,7 +112,7 @@ def test_a_run_stopped_by_a_signal_resumes_with_the_batches_of_the_uninterrupted
     reference, _ = uninterrupted
     checkpoints = build_checkpoints(CheckpointPolicy(every_n_train_steps=3), tmp_path, no_commit)
     with pytest.raises(SIGTERMException):
-        fit(tmp_path, callbacks=[*checkpoints, StopAt(step)], **limit)
+        fit(tmp_path, callbacks=[*checkpoints, StopAtStep(step)], **limit)
     assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == step
     resumed = fit(
         tmp_path,

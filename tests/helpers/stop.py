@@ -6,23 +6,24 @@ import signal
 import lightning as L
 
 
-class StopAtStep(L.Callback):
-    """Send this process SIGTERM once ``step`` optimizer steps are done."""
+class SignalAtStep(L.Callback):
+    """Send this process ``signum`` once ``step`` optimizer steps are done."""
+
+    signum = signal.SIGTERM
 
     def __init__(self, step: int) -> None:
         self.step = step
 
     def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
         if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signum)
 
 
-class InterruptAtStep(L.Callback):
-    """Send this process SIGINT (Modal's preemption signal) once ``step`` steps are done."""
+class StopAtStep(SignalAtStep):
+    """SIGTERM once ``step`` optimizer steps are done."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
 
-    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
-        if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
+class InterruptAtStep(SignalAtStep):
+    """SIGINT (Modal's preemption signal) once ``step`` optimizer steps are done."""
+
+    signum = signal.SIGINT
